@@ -1,0 +1,248 @@
+"""Sign-in for the app: streamlit-authenticator's widgets and cookie, backed by our users table.
+
+The library draws the sign-in form and keeps a signed cookie (JWT, key = the
+per-install secret). Two of its pieces are replaced by this adapter:
+
+* ``check_credentials`` asks ``core.services.users.authenticate`` (bcrypt, lockout
+  counted in the database) instead of a YAML credentials dict, and opens a
+  server-side session on success;
+* the cookie carries that session's token, and a cookie only signs someone in
+  while ``core.services.auth.validate_session`` accepts the token, so signing out,
+  "sign out everywhere", an admin's revoke, idle time and the absolute limit all
+  end a cookie whatever its own expiry says.
+
+The library's own failed-login counter (kept in session_state) is not used.
+"""
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import datetime
+
+import jwt
+import streamlit as st
+import streamlit_authenticator as stauth
+from streamlit_authenticator.models.authentication_model import AuthenticationModel
+from streamlit_authenticator.models.cookie_model import CookieModel
+
+from core.config import get_settings
+from core.db.session import Database
+from core.domain.errors import AuthenticationError
+from core.services import auth as auth_service
+from core.services import users
+from core.services.context import Actor
+
+COOKIE_NAME = "pooldesk_session"
+TOKEN_KEY = "session_token"
+ACTOR_KEY = "actor"
+LOGIN_FIELDS = {"Form name": "Sign in", "Username": "Email", "Password": "Password", "Login": "Sign in"}
+
+
+def _remember(actor: Actor, token: str, credentials: dict | None = None) -> None:
+    st.session_state[ACTOR_KEY] = actor
+    st.session_state[TOKEN_KEY] = token
+    if credentials is not None:
+        credentials["usernames"][actor.email] = {
+            "email": actor.email, "first_name": actor.name, "last_name": "", "password": None,
+            "roles": [actor.role], "failed_login_attempts": 0, "logged_in": True,
+        }
+
+
+def _user_agent() -> str | None:
+    try:
+        return st.context.headers.get("User-Agent")
+    except Exception:  # noqa: BLE001 - no request context (AppTest)
+        return None
+
+
+class DatabaseAuthenticationModel(AuthenticationModel):
+    """Credentials come from the users table; failures are counted there."""
+
+    pooldesk_db: Database
+
+    def check_credentials(self, username: str, password: str) -> bool:
+        try:
+            actor = users.authenticate(self.pooldesk_db, email=username, password=password)
+        except AuthenticationError as exc:
+            st.session_state["login_error"] = exc.message
+            return False
+        token = auth_service.create_session(self.pooldesk_db, actor=actor, user_agent=_user_agent())
+        _remember(actor, token, self.credentials)
+        st.session_state["logout"] = False
+        st.session_state["cookie_pending"] = True
+        for key in ("login_error", "signin_notice", "session_ended", "sso_error"):
+            st.session_state.pop(key, None)
+        return True
+
+
+class SessionCookieModel(CookieModel):
+    """The cookie names a server-side session; it is honoured only while that session is valid."""
+
+    pooldesk_db: Database
+    credentials: dict
+
+    def _token_encode(self) -> str:
+        return jwt.encode({"username": st.session_state["username"], "sid": st.session_state.get(TOKEN_KEY),
+                           "exp_date": self.exp_date}, self.cookie_key, algorithm="HS256")
+
+    def get_cookie(self):
+        st.session_state.setdefault("logout", False)
+        token = super().get_cookie()
+        if not token or not token.get("sid"):
+            return None
+        actor = auth_service.validate_session(self.pooldesk_db, token=token["sid"])
+        if actor is None or actor.email != token.get("username"):
+            return None
+        _remember(actor, token["sid"], self.credentials)
+        return token
+
+
+def authenticator(db: Database) -> stauth.Authenticate:
+    """The library object for this run (it draws an invisible cookie component, so build it only when needed)."""
+    settings = get_settings()
+    credentials: dict = {"usernames": {}}
+    instance = stauth.Authenticate(credentials, cookie_name=COOKIE_NAME, cookie_key=settings.secret(),
+                                   cookie_expiry_days=settings.session_max_hours / 24, auto_hash=False,
+                                   login_sleep_time=0)
+    model = instance.authentication_controller.authentication_model
+    model.__class__ = DatabaseAuthenticationModel
+    model.pooldesk_db = db
+    cookie = instance.cookie_controller.cookie_model
+    cookie.__class__ = SessionCookieModel
+    cookie.pooldesk_db = db
+    cookie.credentials = model.credentials
+    return instance
+
+
+def store_cookie(db: Database) -> None:
+    """Write the sign-in cookie, drawing the writer on every run until the browser says it is stored.
+
+    The component's frame runs only once it has loaded; a rerun that comes first (the user
+    clicks on at once, a slow machine) removes it, and a writer drawn once would leave the
+    browser without the cookie, so a reload would sign the user out. The token and expiry are
+    fixed on the first run so the frame keeps the same arguments until it answers ``True``.
+    """
+    pending = st.session_state.get("cookie_pending")
+    if not pending:
+        return
+    model = authenticator(db).cookie_controller.cookie_model
+    if not isinstance(pending, dict):
+        model.exp_date = model._set_exp_date()
+        pending = {"value": model._token_encode(), "expires": datetime.fromtimestamp(model.exp_date).isoformat()}
+        st.session_state["cookie_pending"] = pending
+    key = "cookie_set_" + hashlib.sha256(pending["value"].encode()).hexdigest()[:16]
+    write = model.cookie_manager.cookie_manager
+    if write(method="set", cookie=COOKIE_NAME, value=pending["value"], key=key, default=False,
+             options={"path": "/", "expires": pending["expires"], "sameSite": "strict"}):
+        st.session_state.pop("cookie_pending", None)
+
+
+def remove_cookie(instance: stauth.Authenticate) -> None:
+    """Delete the sign-in cookie after sign-out, drawing the eraser until the browser confirms it."""
+    pending = st.session_state.get("cookie_delete_pending")
+    if not pending:
+        return
+    if pending is True:  # one key per sign-out, so an earlier answer is not taken for this one
+        pending = st.session_state["cookie_delete_pending"] = secrets.token_hex(8)
+    erase = instance.cookie_controller.cookie_model.cookie_manager.cookie_manager
+    if erase(method="delete", cookie=COOKIE_NAME, key="cookie_delete_" + pending, default=False):
+        st.session_state.pop("cookie_delete_pending", None)
+
+
+def current_actor(db: Database) -> Actor | None:
+    """The signed-in user of this browser session, checked against the server-side session on every run."""
+    token = st.session_state.get(TOKEN_KEY)
+    if not token:
+        return None
+    actor = auth_service.validate_session(db, token=token)
+    if actor is None:
+        forget()
+        st.session_state["session_ended"] = True
+        return None
+    st.session_state[ACTOR_KEY] = actor
+    return actor
+
+
+def session_is_live(db: Database) -> bool:
+    """For fragments that rerun on a timer without the page's sign-in check: is this browser's session
+    still valid (not revoked, idle or expired)? Does not count as activity."""
+    return auth_service.validate_session(db, token=st.session_state.get(TOKEN_KEY), touch=False) is not None
+
+
+ENDED = "Your session ended: reload the page to sign in again."
+
+
+def _cookie_session_is_valid(db: Database) -> bool:
+    """Check the cookie before drawing anything: the library's cookie component may be drawn once per run."""
+    try:
+        raw = st.context.cookies.get(COOKIE_NAME)
+    except Exception:  # noqa: BLE001 - no request context
+        return False
+    if not raw:
+        return False
+    try:
+        claims = jwt.decode(raw, get_settings().secret(), algorithms=["HS256"])
+    except jwt.PyJWTError:
+        return False
+    actor = auth_service.validate_session(db, token=claims.get("sid"))
+    return actor is not None and actor.email == claims.get("username")
+
+
+def actor_from_cookie(db: Database) -> Actor | None:
+    """A new browser session (reload, new tab) with a sign-in cookie: let it in while its session is valid.
+
+    Done before the page list is built, so a deep link to a page opens that page.
+    """
+    if st.session_state.get("logout") or not _cookie_session_is_valid(db):
+        return None
+    instance = authenticator(db)
+    token = instance.cookie_controller.get_cookie()
+    if not token:
+        return None
+    instance.authentication_controller.login(token=token)
+    return st.session_state.get(ACTOR_KEY)
+
+
+def forget() -> None:
+    for key in (ACTOR_KEY, TOKEN_KEY, "authentication_status", "username", "name", "email", "roles",
+                "cookie_pending"):  # a cookie not yet written for the session that ended never will be
+        st.session_state.pop(key, None)
+    st.session_state["logout"] = True  # the library must not read the old cookie again in this browser session
+
+
+def sign_out(db: Database, *, everywhere: bool = False) -> None:
+    actor = st.session_state.get(ACTOR_KEY)
+    if everywhere and isinstance(actor, Actor):
+        auth_service.revoke_all_sessions(db, actor=actor, user_id=actor.id)
+    else:
+        auth_service.sign_out(db, token=st.session_state.get(TOKEN_KEY))
+    used_sso = st.session_state.pop("signed_in_with_sso", False)
+    forget()
+    st.session_state["cookie_delete_pending"] = True
+    if used_sso and sso_configured():
+        st.logout()
+
+
+def sso_configured() -> bool:
+    try:
+        return "auth" in st.secrets
+    except Exception:  # noqa: BLE001 - no secrets file at all
+        return False
+
+
+def sign_in_with_sso(db: Database) -> Actor | None:
+    """After the identity provider's redirect: the email must be an active user's, who keeps their role."""
+    if not sso_configured() or not getattr(st.user, "is_logged_in", False):
+        return None
+    email = st.user.get("email") or ""
+    try:
+        actor = auth_service.sign_in_external(db, email=email)
+    except AuthenticationError as exc:
+        st.session_state["sso_error"] = exc.message  # shown on the sign-in page, which st.logout leads back to
+        st.logout()
+        return None
+    token = auth_service.create_session(db, actor=actor, user_agent=_user_agent())
+    _remember(actor, token)
+    st.session_state["signed_in_with_sso"] = True
+    st.session_state.pop("sso_error", None)
+    return actor

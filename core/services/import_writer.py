@@ -1,0 +1,512 @@
+"""Writing an import's postings in bulk, the same way whichever replay produced them.
+
+Both the reference replay (``importer._Replay``) and the columnar fast path
+(``import_columns``) hand their output here as column batches of scaled integers
+(money at 4 places, units and prices at 6, as the ``Fixed`` columns store them), so
+one writer decides what lands in the database and two equal replays give equal
+tables.
+
+On PostgreSQL the transactions are streamed with binary COPY from a background
+thread while the caller is still replaying: the server spends most of an import
+inserting transaction rows and firing their foreign-key checks, and this keeps it
+busy from the first replayed segment on. Binary rows are assembled column-wise
+with numpy and pyarrow, never a Python object per field. Journal legs go last,
+sorted by (account, investor) so that their index is filled in order. On SQLite
+(one writer at a time anyway) the same batches go through executemany.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+from decimal import Decimal
+from typing import Iterable, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from sqlalchemy.orm import Session
+
+KINDS = ("contribution", "withdrawal", "distribution", "reinvestment")
+STATUSES = ("settled", "pending")
+MODES = ("amount", "units", "all")
+ACCOUNTS = ("pool", "investor", "gain", "fee_expense", "fees_payable", "distribution")
+REF_TX, REF_VAL, REF_DIST = 0, 1, 2
+NULL = np.iinfo(np.int64).min  # NULL in an int64 column
+BATCH_ROWS = 65536  # transactions per streamed COPY statement
+
+_KIND = {k: i for i, k in enumerate(KINDS)}
+_STATUS = {s: i for i, s in enumerate(STATUSES)}
+_MODE = {m: i for i, m in enumerate(MODES)}
+_ACCOUNT = {a: i for i, a in enumerate(ACCOUNTS)}
+_EPOCH = date(1970, 1, 1).toordinal()
+_PG_DAYS = 10957  # 2000-01-01 - 1970-01-01, PostgreSQL's binary epoch for dates and timestamps
+_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8
+_TRAILER = b"\xff\xff"
+_NULL_CELL = pa.scalar(b"\xff\xff\xff\xff", pa.binary())
+
+
+def day_number(day: date) -> int:
+    return day.toordinal() - _EPOCH
+
+
+def scaled(value: Decimal | None, scale: int) -> int:
+    return NULL if value is None else int(value.scaleb(scale))
+
+
+@dataclass
+class TxBatch:
+    """Transaction rows in replay order. Ints use NULL for a missing value; dist_ref indexes distributions."""
+
+    kind: np.ndarray        # uint8 into KINDS
+    status: np.ndarray      # uint8 into STATUSES
+    investor_id: np.ndarray  # int64
+    amount: np.ndarray      # int64, money scale 4
+    units: np.ndarray       # int64, scale 6
+    price: np.ndarray       # int64, scale 6
+    mode: np.ndarray        # int8 into MODES, -1 none
+    day: np.ndarray         # int32 days since 1970-01-01
+    note: pa.Array          # string
+    dist_ref: np.ndarray    # int64
+    settled: np.ndarray     # bool
+
+    def __len__(self) -> int:
+        return len(self.kind)
+
+
+@dataclass
+class JournalBatch:
+    ref_kind: np.ndarray    # uint8: REF_TX, REF_VAL, REF_DIST
+    ref: np.ndarray         # int64 index of the transaction, valuation or distribution
+    account: np.ndarray     # uint8 into ACCOUNTS
+    investor_id: np.ndarray  # int64
+    amount: np.ndarray      # int64, scale 4
+    units: np.ndarray       # int64, scale 6
+    day: np.ndarray         # int32
+
+    def __len__(self) -> int:
+        return len(self.ref)
+
+
+def _cat(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+
+
+def concat_tx(batches: Sequence[TxBatch]) -> TxBatch:
+    if len(batches) == 1:
+        return batches[0]
+    return TxBatch(*(pa.concat_arrays([b.note for b in batches]) if name == "note"
+                     else _cat([getattr(b, name) for b in batches]) for name in TxBatch.__dataclass_fields__))
+
+
+def concat_journal(batches: Sequence[JournalBatch]) -> JournalBatch:
+    return JournalBatch(*(_cat([getattr(b, name) for b in batches]) for name in JournalBatch.__dataclass_fields__))
+
+
+def tx_batch_from_rows(rows: Sequence[Sequence]) -> TxBatch:
+    """Rows as the reference replay keeps them:
+    [kind, status, investor_id, amount, units, price, mode, day, note, distribution_ref, settled]."""
+    def ints(position: int, scale: int) -> np.ndarray:
+        return np.array([scaled(r[position], scale) for r in rows], dtype=np.int64)
+
+    return TxBatch(
+        kind=np.array([_KIND[r[0]] for r in rows], dtype=np.uint8),
+        status=np.array([_STATUS[r[1]] for r in rows], dtype=np.uint8),
+        investor_id=np.array([NULL if r[2] is None else r[2] for r in rows], dtype=np.int64),
+        amount=ints(3, 4), units=ints(4, 6), price=ints(5, 6),
+        mode=np.array([-1 if r[6] is None else _MODE[r[6]] for r in rows], dtype=np.int8),
+        day=np.array([day_number(r[7]) for r in rows], dtype=np.int32),
+        note=pa.array([r[8] for r in rows], pa.string()),
+        dist_ref=np.array([NULL if r[9] is None else r[9] for r in rows], dtype=np.int64),
+        settled=np.array([bool(r[10]) for r in rows], dtype=bool),
+    )
+
+
+def journal_batch_from_rows(rows: Sequence[tuple]) -> JournalBatch:
+    """Rows as the reference replay keeps them: (("tx"|"val"|"dist", index), account, investor_id, amount, units, day)."""
+    refs = {"tx": REF_TX, "val": REF_VAL, "dist": REF_DIST}
+    return JournalBatch(
+        ref_kind=np.array([refs[r[0][0]] for r in rows], dtype=np.uint8),
+        ref=np.array([r[0][1] for r in rows], dtype=np.int64),
+        account=np.array([_ACCOUNT[r[1]] for r in rows], dtype=np.uint8),
+        investor_id=np.array([NULL if r[2] is None else r[2] for r in rows], dtype=np.int64),
+        amount=np.array([scaled(r[3], 4) for r in rows], dtype=np.int64),
+        units=np.array([scaled(r[4], 6) for r in rows], dtype=np.int64),
+        day=np.array([day_number(r[5]) for r in rows], dtype=np.int32),
+    )
+
+
+# --- binary COPY rows ------------------------------------------------------------------
+
+def _pg_micros(moment: datetime) -> int:
+    delta = moment.astimezone(timezone.utc) - datetime(2000, 1, 1, tzinfo=timezone.utc)
+    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _fixed_cells(values: np.ndarray, width: int) -> pa.Array:
+    """One binary COPY field per row: a 4-byte length, then the big-endian value; NULL where values == NULL."""
+    n = len(values)
+    layout = np.dtype([("length", ">i4"), ("value", ">i4" if width == 4 else ">i8")])
+    block = np.empty(n, layout)
+    block["length"] = width
+    block["value"] = values
+    cells = pa.FixedSizeBinaryArray.from_buffers(pa.binary(layout.itemsize), n, [None, pa.py_buffer(block)])
+    cells = cells.cast(pa.binary())
+    missing = values == NULL
+    if missing.any():
+        cells = pc.if_else(pa.array(missing), _NULL_CELL, cells)
+    return cells
+
+
+def _constant_cell(value: int | None, width: int) -> pa.Scalar:
+    if value is None:
+        return _NULL_CELL
+    return pa.scalar(width.to_bytes(4, "big") + value.to_bytes(width, "big", signed=True), pa.binary())
+
+
+def _text_cell(value: str | None) -> pa.Scalar:
+    if value is None:
+        return _NULL_CELL
+    data = value.encode()
+    return pa.scalar(len(data).to_bytes(4, "big") + data, pa.binary())
+
+
+def _coded_cells(codes: np.ndarray, labels: Sequence[str | None]) -> pa.Array:
+    """Text fields drawn from a few labels (a code of -1 is NULL)."""
+    cells = pa.array([_text_cell(label).as_py() for label in labels] + [b"\xff\xff\xff\xff"], pa.binary())
+    index = codes.astype(np.int32)
+    index[index < 0] = len(labels)
+    return pc.take(cells, pa.array(index))
+
+
+def _string_cells(strings: pa.Array) -> pa.Array:
+    data = strings.cast(pa.binary())
+    lengths = pc.binary_length(data).to_numpy(zero_copy_only=False).astype(">i4")
+    prefix = pa.FixedSizeBinaryArray.from_buffers(pa.binary(4), len(lengths), [None, pa.py_buffer(lengths)])
+    return pc.binary_join_element_wise(prefix.cast(pa.binary()), data, pa.scalar(b"", pa.binary()))
+
+
+def _binary_rows(fields: int, cells: list) -> pa.Buffer:
+    """Concatenate per-row cells (arrays or constants) into the rows of a binary COPY."""
+    joined = pc.binary_join_element_wise(pa.scalar(fields.to_bytes(2, "big"), pa.binary()), *cells,
+                                         pa.scalar(b"", pa.binary()))
+    if isinstance(joined, pa.Scalar):  # every input was a constant
+        raise ValueError("binary rows need at least one column that varies")
+    offsets = np.frombuffer(joined.buffers()[1], dtype=np.int32, count=len(joined) + 1, offset=joined.offset * 4)
+    return joined.buffers()[2][offsets[0]:offsets[-1]]
+
+
+# --- the writer --------------------------------------------------------------------------
+
+TX_COLUMNS = ["id", "pool_id", "investor_id", "kind", "status", "amount", "units", "price", "withdrawal_mode",
+              "effective_date", "source", "payment_received_at", "distribution_id", "note", "created_by",
+              "created_at", "settled_at", "version"]
+JOURNAL_COLUMNS = ["pool_id", "transaction_id", "valuation_id", "distribution_id", "account", "investor_id",
+                   "amount", "units", "effective_date", "created_at"]
+
+
+class _Stop(Exception):
+    pass
+
+
+class PostingWriter:
+    """Writes one import: transactions as they are replayed, then everything that points at them.
+
+    ``valuations`` and ``distributions`` are how many of each the import will write: their ids are
+    taken first, because transaction rows name their distribution."""
+
+    def __init__(self, session: Session, *, pool_id: int, actor_id: int, now: datetime,
+                 valuations: int, distributions: int):
+        self.session = session
+        self.connection = session.connection()
+        self.postgres = self.connection.dialect.name == "postgresql"
+        self.raw = self.connection.connection.driver_connection
+        self.pool_id, self.actor_id, self.now = pool_id, actor_id, now
+        self.val_ids = self._ids("valuations", valuations)
+        self.dist_ids = self._ids("distributions", distributions)
+        self.tx_ids: list[np.ndarray] = []
+        self.tx_count = 0
+        self._error: BaseException | None = None
+        self._queue: queue.Queue | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._pending: list[TxBatch] = []
+        self._pending_rows = 0
+
+    # ids: PostgreSQL hands out sequence values (another writer may take some in between);
+    # SQLite has one writer, so the next ids follow the largest.
+    def _ids(self, table: str, count: int) -> np.ndarray:
+        if not count:
+            return np.empty(0, dtype=np.int64)
+        if self.postgres:
+            with self.raw.cursor() as cursor:
+                cursor.execute(
+                    f"SELECT min(v), max(v), count(*), CASE WHEN max(v) - min(v) + 1 <> count(*) "
+                    f"THEN array_agg(v ORDER BY v) END FROM (SELECT nextval('{table}_id_seq') AS v "
+                    f"FROM generate_series(1, %s)) AS s", (int(count),))
+                low, high, _, spread = cursor.fetchone()
+            if spread is not None:
+                return np.array(spread, dtype=np.int64)
+            return np.arange(low, high + 1, dtype=np.int64)
+        cursor = self.raw.cursor()
+        start = (cursor.execute(f"SELECT COALESCE(MAX(id), 0) FROM {table}").fetchone()[0] or 0) + 1
+        cursor.close()
+        return np.arange(start, start + count, dtype=np.int64)
+
+    # --- transactions -------------------------------------------------------------------
+
+    def add_transactions(self, batch: TxBatch) -> None:
+        """Queue rows (in replay order) for writing; on PostgreSQL they stream while the caller goes on."""
+        if not len(batch):
+            return
+        self._pending.append(batch)
+        self._pending_rows += len(batch)
+        if self._pending_rows >= BATCH_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        batch = concat_tx(self._pending)
+        self._pending, self._pending_rows = [], 0
+        self.tx_count += len(batch)
+        if not self.postgres:
+            self._write_tx(batch)
+            return
+        if self._thread is None:
+            self._queue = queue.Queue(maxsize=4)
+            self._thread = threading.Thread(target=self._stream, name="import-copy", daemon=True)
+            self._thread.start()
+        self._put(batch)
+
+    def _put(self, item) -> None:
+        while True:
+            if self._error is not None:
+                raise self._error
+            try:
+                self._queue.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def _stream(self) -> None:
+        try:
+            while True:
+                batch = self._queue.get()
+                if batch is None or self._stopping:
+                    return
+                self._write_tx(batch)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            self._error = exc
+
+    def _write_tx(self, batch: TxBatch) -> None:
+        ids = self._ids("transactions", len(batch))
+        self.tx_ids.append(ids)
+        if self.postgres:
+            self._copy_binary("transactions", TX_COLUMNS, [self._tx_rows(batch, ids)])
+        else:
+            self._insert_many("transactions", TX_COLUMNS, self._tx_tuples(batch, ids))
+
+    def _dist_id(self, refs: np.ndarray) -> np.ndarray:
+        out = np.full(len(refs), NULL, dtype=np.int64)
+        present = refs != NULL
+        if present.any():
+            out[present] = self.dist_ids[refs[present]]
+        return out
+
+    def _tx_rows(self, b: TxBatch, ids: np.ndarray) -> pa.Buffer:
+        now = _pg_micros(self.now)
+        settled_at = np.where(b.settled, now, NULL)
+        return _binary_rows(18, [
+            _fixed_cells(ids, 4), _constant_cell(self.pool_id, 4), _fixed_cells(b.investor_id, 4),
+            _coded_cells(b.kind, KINDS), _coded_cells(b.status, STATUSES),
+            _fixed_cells(b.amount, 8), _fixed_cells(b.units, 8), _fixed_cells(b.price, 8),
+            _coded_cells(b.mode, MODES), _fixed_cells(b.day.astype(np.int64) - _PG_DAYS, 4),
+            _text_cell("import"), _constant_cell(now, 8), _fixed_cells(self._dist_id(b.dist_ref), 4),
+            _string_cells(b.note), _constant_cell(self.actor_id, 4), _constant_cell(now, 8),
+            _fixed_cells(settled_at, 8), _constant_cell(1, 4),
+        ])
+
+    def _tx_tuples(self, b: TxBatch, ids: np.ndarray) -> Iterable[tuple]:
+        now = _sqlite_time(self.now)
+        days = _iso_days(b.day)
+        dist = self._dist_id(b.dist_ref)
+        notes = b.note.to_pylist()
+        for i in range(len(b)):
+            yield (int(ids[i]), self.pool_id, _int(b.investor_id[i]), KINDS[b.kind[i]], STATUSES[b.status[i]],
+                   _int(b.amount[i]), _int(b.units[i]), _int(b.price[i]),
+                   MODES[b.mode[i]] if b.mode[i] >= 0 else None, days[i], "import", now, _int(dist[i]), notes[i],
+                   self.actor_id, now, now if b.settled[i] else None, 1)
+
+    # --- everything else ------------------------------------------------------------------
+
+    def finish(self, journal: Sequence[JournalBatch], valuations: list[tuple], fees: list[tuple],
+               distributions: list[tuple]) -> None:
+        """Wait for the transactions, then write valuations, fees, distributions and journal legs.
+
+        valuations: (day, V, nav_before_fees, management_fee, performance_fee, nav, units, p, hwm, note);
+        fees: (valuation index, kind, amount, day, basis);
+        distributions: (day, total, per_unit, units_outstanding, nav_per_unit_after, note)."""
+        self._flush()
+        self._join()
+        m, u = 4, 6
+        self.rows("valuations", ["id", "pool_id", "valuation_date", "total_assets", "nav_before_fees",
+                                 "management_fee", "performance_fee", "nav", "units_outstanding", "nav_per_unit",
+                                 "high_water_mark", "note", "created_by", "created_at"],
+                  ((int(self.val_ids[i]), self.pool_id, d, _num(v, m), _num(nb, m), _num(mf, m), _num(pf, m),
+                    _num(nav, m), _num(units, u), _num(p, u), _num(hwm, u), note, self.actor_id, self.now)
+                   for i, (d, v, nb, mf, pf, nav, units, p, hwm, note) in enumerate(valuations)))
+        self.rows("fee_accruals", ["pool_id", "valuation_id", "kind", "amount", "accrual_date", "basis"],
+                  ((self.pool_id, int(self.val_ids[i]), kind, _num(amount, m), d, basis)
+                   for i, kind, amount, d, basis in fees))
+        self.rows("distributions", ["id", "pool_id", "record_date", "total", "per_unit", "units_outstanding",
+                                    "nav_per_unit_after", "note", "created_by", "created_at"],
+                  ((int(self.dist_ids[i]), self.pool_id, d, _num(total, m), _num(per_unit, u), _num(units, u),
+                    _num(after, u), note, self.actor_id, self.now)
+                   for i, (d, total, per_unit, units, after, note) in enumerate(distributions)))
+        batches = [b for b in journal if len(b)]
+        if batches:
+            self._write_journal(concat_journal(batches))
+
+    def abort(self) -> None:
+        """Stop streaming (the caller then rolls the rows back)."""
+        self._pending, self._pending_rows = [], 0
+        self._stopping = True
+        if self._thread is not None:
+            while self._thread.is_alive():
+                try:
+                    self._queue.put(None, timeout=0.5)
+                    break
+                except queue.Full:
+                    try:
+                        self._queue.get_nowait()
+                    except queue.Empty:
+                        pass
+            self._thread.join()
+            self._thread = None
+
+    def _join(self) -> None:
+        if self._thread is not None:
+            self._put(None)
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            raise self._error
+
+    def _write_journal(self, j: JournalBatch) -> None:
+        tx_ids = _cat(self.tx_ids) if self.tx_ids else np.empty(0, dtype=np.int64)
+        columns = {REF_TX: tx_ids, REF_VAL: self.val_ids, REF_DIST: self.dist_ids}
+        refs = []
+        for kind in (REF_TX, REF_VAL, REF_DIST):
+            out = np.full(len(j), NULL, dtype=np.int64)
+            mine = j.ref_kind == kind
+            if mine.any():
+                out[mine] = columns[kind][j.ref[mine]]
+            refs.append(out)
+        # Legs in (account, investor) order fill the journal's index from left to right.
+        order = np.lexsort((np.arange(len(j)), j.investor_id, j.account))
+        if self.postgres:
+            now = _pg_micros(self.now)
+            step = 262144
+            parts = []
+            for start in range(0, len(order), step):
+                o = order[start:start + step]
+                parts.append(_binary_rows(10, [
+                    _constant_cell(self.pool_id, 4), _fixed_cells(refs[0][o], 4), _fixed_cells(refs[1][o], 4),
+                    _fixed_cells(refs[2][o], 4), _coded_cells(j.account[o], ACCOUNTS),
+                    _fixed_cells(j.investor_id[o], 4), _fixed_cells(j.amount[o], 8), _fixed_cells(j.units[o], 8),
+                    _fixed_cells(j.day[o].astype(np.int64) - _PG_DAYS, 4), _constant_cell(now, 8)]))
+            self._copy_binary("journal_entries", JOURNAL_COLUMNS, parts)
+            return
+        now = _sqlite_time(self.now)
+        days = _iso_days(j.day)
+        self._insert_many("journal_entries", JOURNAL_COLUMNS, (
+            (self.pool_id, _int(refs[0][i]), _int(refs[1][i]), _int(refs[2][i]), ACCOUNTS[j.account[i]],
+             _int(j.investor_id[i]), int(j.amount[i]), int(j.units[i]), days[i], now) for i in order))
+
+    def write_positions(self, new: list[tuple], changed: list[tuple]) -> None:
+        """new: (investor_id, units, contributed, withdrawn, distributions, reinvest, opened_seq) as scaled ints;
+        changed: (investor_id, units, contributed, withdrawn, distributions) for positions held before."""
+        self.rows("positions", ["pool_id", "investor_id", "units", "contributed", "withdrawn", "distributions",
+                                "reinvest_distributions", "opened_seq", "version"],
+                  ((self.pool_id, inv, units, c, w, d, reinvest, seq, 1) for inv, units, c, w, d, reinvest, seq in new))
+        if not changed:
+            return
+        if self.postgres:
+            columns = list(zip(*changed))
+            with self.raw.cursor() as cursor:
+                cursor.execute(
+                    "UPDATE positions AS p SET units = c.units, contributed = c.contributed, withdrawn = c.withdrawn, "
+                    "distributions = c.distributions, version = p.version + 1 "
+                    "FROM unnest(%s::int[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[]) "
+                    "AS c(investor_id, units, contributed, withdrawn, distributions) "
+                    "WHERE p.pool_id = %s AND p.investor_id = c.investor_id",
+                    [list(c) for c in columns] + [self.pool_id])
+            return
+        cursor = self.raw.cursor()
+        cursor.executemany("UPDATE positions SET units=?, contributed=?, withdrawn=?, distributions=?, "
+                           "version=version+1 WHERE pool_id=? AND investor_id=?",
+                           [(units, c, w, d, self.pool_id, inv) for inv, units, c, w, d in changed])
+        cursor.close()
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    def _copy_binary(self, table: str, columns: list[str], parts: list[pa.Buffer]) -> None:
+        with self.raw.cursor() as cursor:
+            with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)") as copy:
+                copy.write(_SIGNATURE)
+                for part in parts:
+                    if self._stopping:
+                        raise _Stop()
+                    view = memoryview(part)
+                    for start in range(0, len(view), 1 << 20):
+                        copy.write(view[start:start + (1 << 20)])
+                copy.write(_TRAILER)
+
+    def rows(self, table: str, columns: list[str], rows: Iterable[tuple]) -> None:
+        """Small tables: text COPY on PostgreSQL, executemany on SQLite."""
+        if self.postgres:
+            with self.raw.cursor() as cursor:
+                with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
+            return
+        self._insert_many(table, columns, (tuple(_sqlite_value(v) for v in row) for row in rows))
+
+    def _insert_many(self, table: str, columns: list[str], rows: Iterable[tuple]) -> None:
+        sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
+        cursor = self.raw.cursor()
+        batch = []
+        for row in rows:
+            batch.append(row)
+            if len(batch) >= 5000:
+                cursor.executemany(sql, batch)
+                batch.clear()
+        if batch:
+            cursor.executemany(sql, batch)
+        cursor.close()
+
+
+def _int(value) -> int | None:
+    return None if value == NULL else int(value)
+
+
+def _num(value: Decimal | None, scale: int) -> int | None:
+    return None if value is None else int(value.scaleb(scale))
+
+
+def _iso_days(days: np.ndarray) -> list[str]:
+    return np.datetime_as_string(days.astype("datetime64[D]")).tolist()
+
+
+def _sqlite_time(value: datetime) -> str:
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _sqlite_value(value):
+    if isinstance(value, datetime):
+        return _sqlite_time(value)
+    if isinstance(value, date):
+        return value.isoformat()
+    return value

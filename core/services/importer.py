@@ -1,0 +1,532 @@
+"""Importing history from CSV, whole file or nothing.
+
+The file format is in ACCOUNTING.md: ``date,type,investor,amount,units,note``.
+The importer reads every row, checks it, and replays the pool's history in memory
+with the same accounting rules the services use (valuations of a date first, then
+that date's rows in file order; forward-priced flows wait for the next valuation).
+Only when no row has an error does it write, in one transaction and in bulk (COPY
+on PostgreSQL), so a million rows take seconds. Imported flows are settled
+history: no payment is taken and nobody is notified.
+
+There are two ways through a file. ``import_columns`` reads a well-formed file
+as columns and prices the flows between two valuations all at once; it takes
+only what it can do exactly (``latest`` pricing, every row valid) and otherwise
+steps aside, leaving nothing written. The row-by-row replay here is the
+reference: it takes every file, and is the one that words the errors. Both hand
+their postings to ``import_writer``.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from decimal import Decimal
+from typing import Iterable, TextIO
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from core.db.models import Pool, Position, User, Valuation
+from core.db.session import Database
+from core.domain import accounting
+from core.domain.errors import PooldeskError, ValidationError
+from core.domain.money import PRICE_Q, divide, parse_amount, parse_units
+from core.services import audit, import_writer
+from core.services.common import lock_pool
+from core.services.context import Actor, require_pool_manager
+from core.services.users import EMAIL_RE
+
+HEADER = ["date", "type", "investor", "amount", "units", "note"]
+TYPES = ("contribution", "withdrawal", "distribution", "valuation")
+ZERO = Decimal(0)
+MAX_ERRORS = 1000
+
+
+@dataclass(frozen=True)
+class Row:
+    number: int  # the header is row 1
+    day: date
+    type: str
+    email: str
+    amount: Decimal | None
+    units: Decimal | str | None  # Decimal, "all" or None
+    note: str
+
+
+@dataclass
+class ImportResult:
+    rows: int = 0
+    contributions: int = 0
+    withdrawals: int = 0
+    distributions: int = 0
+    valuations: int = 0
+    pending: int = 0
+    investors_created: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+class ImportRejected(ValidationError):
+    def __init__(self, errors: list[str]):
+        super().__init__(f"The file was not imported: {len(errors)} row(s) have errors.")
+        self.errors = errors
+
+
+# --- reading ---------------------------------------------------------------------------
+
+def read_rows(lines: Iterable[str], currency: str, errors: list[str]) -> list[Row]:
+    reader = csv.reader(lines)
+    header = next(reader, None)
+    if header is None:
+        errors.append("Row 1: the file is empty (expected the header date,type,investor,amount,units,note).")
+        return []
+    if [h.strip().lower() for h in header] != HEADER:
+        errors.append(f"Row 1: the header must be {','.join(HEADER)}.")
+        return []
+    rows: list[Row] = []
+    dates: dict[str, date] = {}
+    for number, record in enumerate(reader, start=2):
+        if len(errors) >= MAX_ERRORS:
+            errors.append(f"Stopped after {MAX_ERRORS} errors.")
+            break
+        if not record or (len(record) == 1 and not record[0].strip()):
+            continue  # blank line
+        if len(record) != 6:
+            errors.append(f"Row {number}: expected 6 columns, found {len(record)}.")
+            continue
+        raw_date, kind, email, raw_amount, raw_units, note = (value.strip() for value in record)
+        try:
+            day = dates.get(raw_date)
+            if day is None:
+                day = dates[raw_date] = date.fromisoformat(raw_date)
+        except ValueError:
+            errors.append(f"Row {number}: {raw_date!r} is not a date (use YYYY-MM-DD).")
+            continue
+        kind = kind.lower()
+        if kind not in TYPES:
+            errors.append(f"Row {number}: unknown type {kind!r} (use one of {', '.join(TYPES)}).")
+            continue
+        try:
+            rows.append(_check_row(number, day, kind, email.lower(), raw_amount, raw_units, note, currency))
+        except PooldeskError as exc:
+            errors.append(f"Row {number}: {exc.message}")
+    return rows
+
+
+def _check_row(number, day, kind, email, raw_amount, raw_units, note, currency) -> Row:
+    units: Decimal | str | None = None
+    amount: Decimal | None = None
+    if kind in ("valuation", "distribution"):
+        if email:
+            raise ValidationError(f"a {kind} row has no investor.")
+        if raw_units:
+            raise ValidationError(f"a {kind} row has no units.")
+        amount = parse_amount(raw_amount, currency, field="amount", allow_zero=kind == "valuation")
+    else:
+        if not email:
+            raise ValidationError(f"a {kind} row needs the investor's email.")
+        if not EMAIL_RE.match(email):
+            raise ValidationError(f"{email!r} is not an email address.")
+        if kind == "contribution":
+            if raw_units:
+                raise ValidationError("units are given only for a withdrawal by units.")
+            amount = parse_amount(raw_amount, currency)
+        else:
+            if bool(raw_amount) == bool(raw_units):
+                raise ValidationError("a withdrawal gives either an amount or units (a number or 'all').")
+            if raw_amount:
+                amount = parse_amount(raw_amount, currency)
+            elif raw_units.lower() == "all":
+                units = "all"
+            else:
+                units = parse_units(raw_units)
+    return Row(number, day, kind, email, amount, units, note)
+
+
+# --- replaying -------------------------------------------------------------------------
+
+@dataclass
+class _Holding:
+    investor_id: int
+    units: Decimal = ZERO
+    contributed: Decimal = ZERO
+    withdrawn: Decimal = ZERO
+    distributions: Decimal = ZERO
+    reinvest: bool = False
+    opened_seq: int = 0
+    new: bool = False
+    touched: bool = False
+
+
+class _Replay:
+    """The pool's book in memory; each method applies one row exactly as the services would."""
+
+    def __init__(self, pool: Pool, holdings: dict[int, _Holding], valuation_dates: set[date], now: datetime):
+        self.pool = pool
+        self.currency = pool.currency
+        self.units_outstanding = pool.units_outstanding
+        self.total_assets = pool.total_assets
+        self.fees_payable = pool.fees_payable
+        self.price = pool.nav_per_unit
+        self.hwm = pool.high_water_mark
+        self.last_valuation = pool.last_valuation_date
+        self.last_flow = pool.last_flow_date
+        self.holdings = holdings
+        self.valuation_dates = valuation_dates
+        self.next_seq = max((h.opened_seq for h in holdings.values()), default=0) + 1
+        self.now = now
+        # Output, as plain tuples in column order (see _write). A transaction's index counts from the
+        # start of the import; the fast path moves rows out in batches and adds them to tx_base.
+        self.tx_base = 0
+        self.transactions: list[list] = []
+        self.journal: list[tuple] = []
+        self.valuations: list[tuple] = []
+        self.fees: list[tuple] = []
+        self.distributions: list[tuple] = []
+        self.waiting: list[tuple[Row, int]] = []  # forward pricing
+        self.result = ImportResult()
+
+    def current_price(self) -> Decimal:
+        return self.price if self.units_outstanding > 0 else self.pool.initial_unit_price
+
+    def holding(self, investor_id: int) -> _Holding:
+        h = self.holdings.get(investor_id)
+        if h is None:
+            h = self.holdings[investor_id] = _Holding(investor_id, opened_seq=self.next_seq, new=True)
+            self.next_seq += 1
+        h.touched = True
+        return h
+
+    # Each posting appends (kind-specific) rows; ids are assigned at write time by position.
+    def _tx(self, row: Row, kind: str, investor_id: int | None, amount, units, price, status: str,
+            mode: str | None = None, distribution_ref: int | None = None) -> int:
+        self.transactions.append([kind, status, investor_id, amount, units, price, mode, row.day, row.note,
+                                  distribution_ref, status == "settled"])
+        return self.tx_base + len(self.transactions) - 1
+
+    def _row(self, index: int) -> list:
+        return self.transactions[index - self.tx_base]
+
+    def _legs(self, day: date, ref: tuple[str, int], legs: list[tuple[str, int | None, Decimal, Decimal]]) -> None:
+        for account, investor_id, amount, units in legs:
+            self.journal.append((ref, account, investor_id, amount, units, day))
+
+    def contribution(self, row: Row, investor_id: int, settle_price: Decimal | None = None, tx_index: int | None = None,
+                     kind: str = "contribution") -> None:
+        if self.pool.pricing_policy == "forward" and settle_price is None:
+            index = self._tx(row, kind, investor_id, row.amount, None, None, "pending")
+            self.waiting.append((row, index))
+            self.result.pending += 1
+            return
+        price = settle_price or self.current_price()
+        units = accounting.units_for_contribution(row.amount, price)
+        if units <= 0:
+            raise ValidationError("the amount is too small to buy any units.")
+        if tx_index is None:
+            tx_index = self._tx(row, kind, investor_id, row.amount, units, price, "settled")
+        else:
+            self._row(tx_index)[1:6] = ["settled", investor_id, row.amount, units, price]
+            self._row(tx_index)[10] = True
+        self._legs(row.day, ("tx", tx_index), [("pool", None, row.amount, -units), ("investor", investor_id, -row.amount, units)])
+        h = self.holding(investor_id)
+        h.units += units
+        h.contributed += row.amount
+        if self.units_outstanding == 0:
+            self.price = price  # rule 1: an emptied pool restarts at the price these units were issued at
+        self.units_outstanding += units
+        self.total_assets += row.amount
+        self.result.contributions += 1
+
+    def withdrawal(self, row: Row, investor_id: int, settle_price: Decimal | None = None,
+                   tx_index: int | None = None) -> None:
+        mode = "all" if row.units == "all" else ("units" if row.units is not None else "amount")
+        h = self.holding(investor_id)
+        if self.pool.pricing_policy == "forward" and settle_price is None:
+            if h.units <= 0:
+                raise ValidationError(f"{row.email} holds no units to withdraw.")
+            index = self._tx(row, "withdrawal", investor_id, row.amount, row.units if mode == "units" else None,
+                             None, "pending", mode)
+            self.waiting.append((row, index))
+            self.result.pending += 1
+            return
+        price = settle_price or self.current_price()
+        if mode == "amount":
+            units, amount = accounting.units_for_withdrawal(row.amount, price), row.amount
+        else:
+            units = h.units if mode == "all" else row.units
+            amount = accounting.amount_for_units(units, price, self.currency)
+        if units <= 0 or units > h.units:
+            raise ValidationError(f"the withdrawal needs {units} units but {row.email} holds {h.units}.")
+        if amount <= 0:
+            raise ValidationError("the withdrawal is worth nothing at the unit value.")
+        if tx_index is None:
+            tx_index = self._tx(row, "withdrawal", investor_id, amount, units, price, "settled", mode)
+        else:
+            self._row(tx_index)[1:6] = ["settled", investor_id, amount, units, price]
+            self._row(tx_index)[10] = True
+        self._legs(row.day, ("tx", tx_index), [("pool", None, -amount, units), ("investor", investor_id, amount, -units)])
+        h.units -= units
+        h.withdrawn += amount
+        self.units_outstanding -= units
+        self.total_assets -= amount
+        self.result.withdrawals += 1
+
+    def valuation(self, row: Row) -> None:
+        if row.day in self.valuation_dates:
+            raise ValidationError(f"the pool already has a valuation on {row.day}.")
+        book = accounting.PoolBook(self.currency, self.pool.initial_unit_price, self.units_outstanding,
+                                   self.fees_payable, self.hwm, self.last_valuation, self.pool.inception_date,
+                                   self.pool.management_fee_bps, self.pool.performance_fee_rate)
+        result = accounting.value_pool(book, row.amount, row.day)
+        self.valuations.append((row.day, row.amount, result.nav_before_fees, result.management_fee,
+                                result.performance_fee, result.nav, self.units_outstanding, result.nav_per_unit,
+                                result.high_water_mark, row.note))
+        ref = ("val", len(self.valuations) - 1)
+        gain = row.amount - self.total_assets
+        legs = [("pool", None, gain, ZERO), ("gain", None, -gain, ZERO)]
+        fees = result.management_fee + result.performance_fee
+        if fees:
+            legs += [("fee_expense", None, fees, ZERO), ("fees_payable", None, -fees, ZERO)]
+        self._legs(row.day, ref, legs)
+        if result.management_fee:
+            self.fees.append((ref[1], "management", result.management_fee, row.day,
+                              f"{self.pool.management_fee_bps} bps a year on NAV {result.nav_before_fees} for "
+                              f"{result.management_fee_days} days (Actual/365)"))
+        if result.performance_fee:
+            self.fees.append((ref[1], "performance", result.performance_fee, row.day,
+                              f"{self.pool.performance_fee_rate * 100}% of the gain over the high-water mark "
+                              f"{self.hwm or self.pool.initial_unit_price}"))
+        self.total_assets = row.amount
+        self.fees_payable = result.fees_payable
+        self.price = result.nav_per_unit
+        self.hwm = result.high_water_mark
+        self.last_valuation = row.day
+        self.valuation_dates.add(row.day)
+        self.result.valuations += 1
+        if self.waiting:
+            ready = [(r, i) for r, i in self.waiting if r.day < row.day]
+            self.waiting = [(r, i) for r, i in self.waiting if r.day >= row.day]
+            for waiting_row, index in ready:
+                investor_id = self._row(index)[2]
+                self.result.pending -= 1
+                try:
+                    if waiting_row.type == "contribution":
+                        self.contribution(waiting_row, investor_id, self.price, index)
+                    else:
+                        self.withdrawal(waiting_row, investor_id, self.price, index)
+                except ValidationError as exc:
+                    raise ValidationError(f"row {waiting_row.number}, priced at the valuation of {row.day}: {exc.message}")
+
+    def distribution(self, row: Row) -> None:
+        holders = sorted(((h.opened_seq, h.investor_id, h.units) for h in self.holdings.values() if h.units > 0))
+        if not holders:
+            raise ValidationError("nobody holds units on this date, so there is nobody to distribute to.")
+        nav = self.total_assets - self.fees_payable
+        price_after = accounting.price_after_distribution(nav, row.amount, self.units_outstanding)
+        shares = accounting.split_distribution(row.amount, [(inv, units) for _, inv, units in holders], self.currency)
+        self.distributions.append((row.day, row.amount, divide(row.amount, self.units_outstanding, PRICE_Q),
+                                   self.units_outstanding, price_after, row.note))
+        dist_index = len(self.distributions) - 1
+        legs = [("pool", None, -row.amount, ZERO)]
+        self.total_assets -= row.amount
+        self.price = price_after
+        reinvest = []
+        for (_, investor_id, _units), share in zip(holders, shares):
+            if not share:
+                continue
+            legs.append(("distribution", investor_id, share, ZERO))
+            self._tx(row, "distribution", investor_id, share, None, price_after, "settled", None, dist_index)
+            h = self.holding(investor_id)
+            h.distributions += share
+            if h.reinvest:
+                reinvest.append((investor_id, share))
+        self._legs(row.day, ("dist", dist_index), legs)
+        self.result.distributions += 1
+        for investor_id, share in reinvest:
+            part = Row(row.number, row.day, "contribution", "", share, None, "reinvested distribution")
+            index = self._tx(part, "reinvestment", investor_id, share, None, None, "pending", None, dist_index)
+            self.contribution(part, investor_id, price_after, index, kind="reinvestment")
+            self.result.contributions -= 1
+
+
+# --- applying --------------------------------------------------------------------------
+
+def import_csv(db: Database, *, actor: Actor, pool_code: str, source: TextIO | Iterable[str] | str,
+               create_investors: bool = False) -> ImportResult:
+    """Check the whole file, then apply it in one transaction; raise ImportRejected listing every bad row."""
+    from core.services import import_columns
+
+    with db.transaction() as session:
+        pool = session.scalar(select(Pool).where(Pool.code == (pool_code or "").strip().upper()))
+        if pool is None:
+            raise ValidationError(f"No pool with the code {pool_code!r}.", field="pool")
+        pool = lock_pool(session, pool.id)
+        require_pool_manager(session, actor, pool.id, "import into this pool")
+        text, lines = _slurp(source)
+        data = text.encode()
+        digest = hashlib.sha256(data).hexdigest()
+        result = import_columns.import_columns(session, actor, pool, text, data, create_investors)
+        if result is None:
+            errors: list[str] = []
+            rows = read_rows(lines, pool.currency, errors)
+            result = _apply(session, actor, pool, rows, errors, create_investors)
+            if errors:
+                raise ImportRejected(sorted(errors, key=_row_number))
+        audit.record(session, actor, "import.apply", "pool", pool.id, None, {
+            "rows": result.rows, "sha256": digest, "contributions": result.contributions,
+            "withdrawals": result.withdrawals, "distributions": result.distributions,
+            "valuations": result.valuations, "pending": result.pending,
+            "investors_created": result.investors_created})
+        return result
+
+
+def _slurp(source: TextIO | Iterable[str] | str) -> tuple[str, Iterable[str]]:
+    """The whole text, and the same text as the lines the csv reader would have been given."""
+    if isinstance(source, str):
+        return source, io.StringIO(source)
+    if hasattr(source, "read"):
+        text = source.read()
+        # Iterating a file opened with newline="" (or translated newlines) splits lines like this.
+        return text, io.StringIO(text, newline="")
+    lines = list(source)
+    return "".join(lines), lines
+
+
+def _row_number(error: str) -> int:
+    """Errors about the whole file first, then by row."""
+    head = error.split(":", 1)[0]
+    return int(head[4:]) if head.startswith("Row ") and head[4:].isdigit() else 0
+
+
+def _history_floor(pool: Pool) -> date:
+    return max(d for d in (pool.last_valuation_date, pool.last_flow_date, pool.inception_date) if d)
+
+
+def _investors(session: Session, emails: set[str]) -> tuple[dict[str, int], set[str]]:
+    """Active investors among ``emails`` (email -> id), and the emails that belong to anyone else."""
+    known: dict[str, int] = {}
+    others: set[str] = set()
+    if emails:
+        # One pass over the users table: cheaper than an IN list of thousands of addresses.
+        for email, user_id, role, status in session.execute(select(User.email, User.id, User.role, User.status)):
+            if email in emails:
+                if role == "investor" and status == "active":
+                    known[email] = user_id
+                else:
+                    others.add(email)
+    return known, others
+
+
+def _create_investors(session: Session, actor: Actor, pool: Pool, missing: list[str], known: dict[str, int]) -> int:
+    for email in missing:
+        user = User(email=email, name=email.split("@")[0].replace(".", " ").title(), role="investor",
+                    status="active")
+        session.add(user)
+        session.flush()
+        known[email] = user.id
+    if missing:
+        audit.record(session, actor, "import.create_investors", "pool", pool.id, None, {"emails": missing})
+    return len(missing)
+
+
+def _book(session: Session, pool: Pool) -> tuple[dict[int, _Holding], set[date]]:
+    holdings = {p.investor_id: _Holding(p.investor_id, p.units, p.contributed, p.withdrawn, p.distributions,
+                                        p.reinvest_distributions, p.opened_seq)
+                for p in session.scalars(select(Position).where(Position.pool_id == pool.id))}
+    valuation_dates = set(session.scalars(select(Valuation.valuation_date).where(Valuation.pool_id == pool.id)))
+    return holdings, valuation_dates
+
+
+def _apply(session: Session, actor: Actor, pool: Pool, rows: list[Row], errors: list[str],
+           create_investors: bool) -> ImportResult:
+    today = date.today()
+    has_flows = any(r.type != "valuation" for r in rows)
+    if pool.status != "open" and has_flows:
+        errors.insert(0, f"Pool {pool.code} is {pool.status}: it takes no contributions, withdrawals or distributions.")
+    floor = _history_floor(pool)
+    emails = {r.email for r in rows if r.email}
+    known, others = _investors(session, emails)
+    missing = sorted(emails - set(known))
+    for row in rows:
+        if row.day < pool.inception_date:
+            errors.append(f"Row {row.number}: {row.day} is before the pool's inception ({pool.inception_date}).")
+        elif row.day < floor:
+            errors.append(f"Row {row.number}: {row.day} is before the pool's recorded history ends ({floor}).")
+        elif row.day > today:
+            errors.append(f"Row {row.number}: {row.day} is in the future.")
+        elif row.email and row.email not in known and (not create_investors or row.email in others):
+            why = "is not an active investor" if row.email in others else "is not a known investor (use --create-investors to add)"
+            errors.append(f"Row {row.number}: {row.email} {why}.")
+    if errors:
+        return ImportResult(rows=len(rows), errors=errors)
+    created = _create_investors(session, actor, pool, missing, known) if create_investors else 0
+    holdings, valuation_dates = _book(session, pool)
+    replay = _Replay(pool, holdings, valuation_dates, datetime.now(timezone.utc))
+    ordered = sorted(rows, key=lambda r: (r.day, r.type != "valuation", r.number))
+    for row in ordered:
+        try:
+            if row.type == "valuation":
+                replay.valuation(row)
+            elif row.type == "contribution":
+                replay.contribution(row, known[row.email])
+            elif row.type == "withdrawal":
+                replay.withdrawal(row, known[row.email])
+            else:
+                replay.distribution(row)
+        except PooldeskError as exc:
+            errors.append(f"Row {row.number}: {exc.message}")
+            if len(errors) >= MAX_ERRORS:
+                break
+    if errors:
+        return ImportResult(rows=len(rows), errors=errors)
+    _write(session, actor, pool, replay)
+    result = replay.result
+    result.rows = len(rows)
+    result.investors_created = created
+    return result
+
+
+def _write(session: Session, actor: Actor, pool: Pool, replay: _Replay) -> None:
+    """Write what the reference replay produced (the demo data uses this too)."""
+    writer = import_writer.PostingWriter(session, pool_id=pool.id, actor_id=actor.id, now=replay.now,
+                                         valuations=len(replay.valuations), distributions=len(replay.distributions))
+    if replay.transactions:
+        writer.add_transactions(import_writer.tx_batch_from_rows(replay.transactions))
+    journal = [import_writer.journal_batch_from_rows(replay.journal)] if replay.journal else []
+    writer.finish(journal, replay.valuations, replay.fees, replay.distributions)
+    writer.write_positions(*_position_rows(replay.holdings.values()))
+    last_flow = max((t[7] for t in replay.transactions), default=None)
+    _update_pool(session, pool.id, replay, last_flow)
+
+
+def _position_rows(holdings: Iterable[_Holding]) -> tuple[list[tuple], list[tuple]]:
+    m, u = import_writer.scaled, import_writer.scaled
+    new, changed = [], []
+    for h in holdings:
+        if h.new:
+            new.append((h.investor_id, u(h.units, 6), m(h.contributed, 4), m(h.withdrawn, 4),
+                        m(h.distributions, 4), h.reinvest, h.opened_seq))
+        elif h.touched:
+            changed.append((h.investor_id, u(h.units, 6), m(h.contributed, 4), m(h.withdrawn, 4),
+                            m(h.distributions, 4)))
+    return new, changed
+
+
+def _update_pool(session: Session, pool_id: int, replay: _Replay, last_flow: date | None) -> None:
+    session.expire_all()
+    pool = session.get(Pool, pool_id)
+    pool.units_outstanding = replay.units_outstanding
+    pool.total_assets = replay.total_assets
+    pool.fees_payable = replay.fees_payable
+    pool.nav_per_unit = replay.price
+    pool.high_water_mark = replay.hwm
+    pool.last_valuation_date = replay.last_valuation
+    if last_flow and (pool.last_flow_date is None or last_flow > pool.last_flow_date):
+        pool.last_flow_date = last_flow
+    pool.ledger_version += 1
+    session.flush()

@@ -1,0 +1,104 @@
+"""Sign in, accept an invitation, reset a forgotten password: the only screen before signing in."""
+from __future__ import annotations
+
+import streamlit as st
+
+from app import auth
+from app.components.forms import FieldErrors
+from app.db import get_db
+from core.domain.errors import PooldeskError
+from core.services import auth as auth_service
+
+db = get_db()
+params = st.query_params
+
+
+def accept_invitation(token: str) -> None:
+    st.title("Welcome to Pooldesk")
+    try:
+        info = auth_service.check_invitation(db, token=token)
+    except PooldeskError as exc:
+        st.error(exc.message)
+        return
+    st.write(f"You were invited as **{info.role}** with the email **{info.email}**. Choose a password to finish.")
+    errors = FieldErrors()
+    with st.form("accept_invitation"):
+        name = st.text_input("Your name", value=info.name)
+        password = st.text_input("Password", type="password", help="At least 10 characters.")
+        errors.slot("password")
+        repeat = st.text_input("Repeat the password", type="password")
+        errors.general()
+        submitted = st.form_submit_button("Create my account", type="primary")
+    if submitted:
+        if password != repeat:
+            errors.show(PooldeskError("The two passwords differ.", field="password"))
+            return
+        try:
+            with st.spinner("Creating your account..."):
+                auth_service.accept_invitation(db, token=token, password=password, name=name)
+        except PooldeskError as exc:
+            errors.show(exc)
+            return
+        st.query_params.clear()
+        st.session_state["signin_notice"] = "Your account is ready: sign in with your email and new password."
+        st.rerun()
+
+
+def reset_password(token: str) -> None:
+    st.title("Choose a new password")
+    errors = FieldErrors()
+    with st.form("reset_password"):
+        password = st.text_input("New password", type="password", help="At least 10 characters.")
+        errors.slot("password")
+        repeat = st.text_input("Repeat the new password", type="password")
+        errors.general()
+        submitted = st.form_submit_button("Set the password", type="primary")
+    if submitted:
+        if password != repeat:
+            errors.show(PooldeskError("The two passwords differ.", field="password"))
+            return
+        try:
+            auth_service.reset_password(db, token=token, password=password)
+        except PooldeskError as exc:
+            errors.show(exc)
+            return
+        st.query_params.clear()
+        st.session_state["signin_notice"] = "Your password was changed and every session signed out. Sign in again."
+        st.rerun()
+
+
+def sign_in() -> None:
+    st.title("Pooldesk")
+    # Kept until the next sign-in: the cookie component's first answer reruns this page once more.
+    if notice := st.session_state.get("signin_notice"):
+        st.success(notice)
+    if st.session_state.get("session_ended"):
+        st.info("Your session ended. Please sign in again.")
+    authenticator = auth.authenticator(db)
+    auth.remove_cookie(authenticator)
+    left, _ = st.columns([2, 3])
+    with left:
+        authenticator.login(location="main", fields=auth.LOGIN_FIELDS, key="sign_in")
+        if st.session_state.get(auth.ACTOR_KEY) is not None:
+            st.rerun()
+        if st.session_state.get("authentication_status") is False:
+            st.error(st.session_state.get("login_error") or "Enter your email and password.")
+        if auth.sso_configured():
+            if sso_error := st.session_state.get("sso_error"):
+                st.error(sso_error)
+            st.button("Sign in with single sign-on", on_click=st.login, icon=":material/key:")
+        with st.expander("Forgot your password?"):
+            with st.form("forgot_password", clear_on_submit=True):
+                email = st.text_input("Your email")
+                if st.form_submit_button("Send me a reset link"):
+                    auth_service.request_password_reset(db, email=email)
+                    st.success("If this email belongs to an account, a reset link is on its way. "
+                               "It works once, within the hour.")
+
+
+if token := params.get("invite"):
+    accept_invitation(token)
+elif token := params.get("reset"):
+    reset_password(token)
+else:
+    sign_in()
