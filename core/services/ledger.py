@@ -24,7 +24,7 @@ from core.db.session import Database
 from core.domain import accounting
 from core.domain.errors import IdempotencyError, NotFound, PermissionDenied, ValidationError
 from core.db.types import MONEY_SCALE, PRICE_SCALE, UNITS_SCALE
-from core.domain.money import minor_units, parse_amount, parse_units, round_money
+from core.domain.money import MAX_AMOUNT, minor_units, parse_amount, parse_units, round_money, to_decimal
 from core.services import audit
 from core.services.common import (
     IDEMPOTENCY_MISMATCH, RETRYABLE_SQLSTATES, clean_key, enqueue, lock_pool, request_hash, retry_stats, run_write,
@@ -247,15 +247,20 @@ _POST_FLOW = (
     "SELECT out_tx, out_units, out_amount, out_price, out_error FROM pooldesk_post_flow("
     "%(pool)s, %(investor)s, %(kind)s, %(mode)s, %(amount)s, %(units)s, %(minor)s, %(effective)s, %(actor)s, "
     "%(note)s, %(key)s, %(payment)s, %(at)s, %(operation)s, %(request_hash)s)")
+_POST_CHECKED_FLOW = (
+    "SELECT out_tx, out_units, out_amount, out_price, out_error FROM pooldesk_post_checked_flow("
+    "%(pool)s, %(investor)s, %(kind)s, %(mode)s, %(amount)s, %(units)s, %(currency)s, %(minor)s, %(effective)s, "
+    "%(today)s, %(actor)s, %(admin)s, %(note)s, %(key)s, %(payment)s, %(at)s, %(operation)s, %(request_hash)s)")
 
 
 def _settle_now_on_postgres(db: Database, *, actor: Actor, pool_id: int, investor_id: int, kind: str,
                             mode: str | None, amount: object, units: object, effective: date, note: str,
                             key: str | None, payment: str, operation: str, params: dict) -> TransactionView | None:
-    """A manager's flow whose money already moved, in a `latest`-priced pool, on PostgreSQL: checked here
-    with the same rules and words as the general path, then posted by ``pooldesk_post_flow`` in one
-    round trip (migration 0002), so the pool row is locked only for that call and the commit.
-    Returns None when the general path applies (forward pricing)."""
+    """A manager's flow whose money already moved, in a `latest`-priced pool, on PostgreSQL, posted by
+    ``pooldesk_post_flow`` (migrations 0002 and 0006) so the pool row is locked only for that call and
+    the commit. A keyed flow to a pool posted to before goes in one round trip, the database running
+    the checks (migration 0007); otherwise the pool is read and checked here first, with the same rules
+    and words as the general path. Returns None when the general path applies (forward pricing)."""
     key = clean_key(key)
     for attempt in range(10):
         try:
@@ -279,19 +284,34 @@ def _post_flow_once(db: Database, *, actor: Actor, pool_id: int, investor_id: in
                     amount: object, units: object, effective: date, note: str, key: str | None, payment: str,
                     operation: str, params: dict) -> TransactionView | None:
     at = utcnow()
+    request = request_hash(operation, params)
     # Autocommit: the function call is a transaction of its own (a refusal inside it is raised and
     # writes nothing), which saves the BEGIN and COMMIT round trips; plain rows, no ORM objects.
     with db.autocommit_engine.connect() as conn:
         raw = conn.connection.driver_connection
-        try:
-            with raw.cursor() as cursor:
-                found = cursor.execute(_FLOW_CONTEXT, {"pool": pool_id, "investor": investor_id,
-                                                       "actor": actor.id}).fetchone()
-        except psycopg.OperationalError as exc:
-            if raw.closed or raw.broken:  # a pooled connection the server dropped: nothing was written
-                conn.invalidate()
-                raise _StaleConnection() from exc
-            raise
+        currency = _POOL_CURRENCY.get((db.url, pool_id))
+        # One round trip once the pool's currency is known, for a keyed request (a connection lost during
+        # the call can then be retried: the key makes a second call a replay). The database runs the
+        # checks and posts (migration 0007); when a check would refuse, it writes nothing and the
+        # Python checks below say what is wrong.
+        fast = None if currency is None or key is None else _fast_values(mode, amount, units)
+        if fast is not None:
+            try:
+                row = _call(conn, raw, _POST_CHECKED_FLOW, retry=True, params=dict(
+                    pool=pool_id, investor=investor_id, kind=kind, mode=mode, amount=fast[0], units=fast[1],
+                    currency=currency, minor=minor_units(currency), effective=effective, today=date.today(),
+                    actor=actor.id, admin=actor.role == "admin", note=note, key=key, payment=payment, at=at,
+                    operation=operation, request_hash=request))
+            except psycopg.errors.UndefinedFunction:  # a database not yet migrated to 0007
+                row = (None, None, None, None, "unknown", None)
+            if row[4] == "general":
+                return None
+            if row[4] not in ("check", "unknown"):
+                return _flow_result(db, row, pool_id, investor_id, kind, mode, effective, note, at)
+            if row[4] == "unknown":  # no such pool, or its currency is not the one remembered
+                _POOL_CURRENCY.pop((db.url, pool_id), None)
+        found = _call(conn, raw, _FLOW_CONTEXT, retry=True,
+                      params={"pool": pool_id, "investor": investor_id, "actor": actor.id})
         if found is None:
             raise NotFound(f"No pool with id {pool_id}.")
         (code, status, currency, policy, inception, minimum_raw, role, investor_status, email, assigned) = found
@@ -306,17 +326,59 @@ def _post_flow_once(db: Database, *, actor: Actor, pool_id: int, investor_id: in
         minimum = Decimal(minimum_raw).scaleb(-MONEY_SCALE)
         if kind == "contribution" and value < minimum:
             raise _minimum_contribution_error(code, minimum, currency)
-        try:
-            with raw.cursor() as cursor:
-                tx_id, out_units, out_amount, out_price, error = cursor.execute(_POST_FLOW, dict(
-                    pool=pool_id, investor=investor_id, kind=kind, mode=mode,
-                    amount=None if value is None else int(value.scaleb(MONEY_SCALE)),
-                    units=None if unit_count is None else int(unit_count.scaleb(UNITS_SCALE)),
-                    minor=minor_units(currency), effective=effective, actor=actor.id, note=note, key=key,
-                    payment=payment, at=at, operation=operation,
-                    request_hash=request_hash(operation, params))).fetchone()
-        except psycopg.errors.RaiseException as exc:  # SQLSTATE P0001: a refusal, nothing written
-            raise _refusal(exc.diag.message_primary, exc.diag.message_detail) from None
+        if len(_POOL_CURRENCY) >= 10_000:
+            _POOL_CURRENCY.clear()
+        _POOL_CURRENCY[(db.url, pool_id)] = currency
+        row = _call(conn, raw, _POST_FLOW, retry=key is not None, params=dict(
+            pool=pool_id, investor=investor_id, kind=kind, mode=mode,
+            amount=None if value is None else int(value.scaleb(MONEY_SCALE)),
+            units=None if unit_count is None else int(unit_count.scaleb(UNITS_SCALE)),
+            minor=minor_units(currency), effective=effective, actor=actor.id, note=note, key=key,
+            payment=payment, at=at, operation=operation, request_hash=request))
+    return _flow_result(db, row, pool_id, investor_id, kind, mode, effective, note, at)
+
+
+# The currency of each pool a flow was last posted to, per database: the one-trip call states it, and
+# the database refuses the call when the pool's currency is another (the checks then run here).
+_POOL_CURRENCY: dict[tuple[str, int], str] = {}
+
+
+def _fast_values(mode: str | None, amount: object, units: object) -> tuple[int | None, int | None] | None:
+    """The amount (scale 4) or units (scale 6) of a flow whose number is well formed whatever the
+    currency, or None: a number that would be refused goes the way that says why."""
+    try:
+        if mode in (None, "amount"):
+            value = to_decimal(amount)
+            if value <= 0 or value > MAX_AMOUNT or value != value.quantize(Decimal(1).scaleb(-MONEY_SCALE)):
+                return None
+            return int(value.scaleb(MONEY_SCALE)), None
+        if mode == "units":
+            return None, int(parse_units(units).scaleb(UNITS_SCALE))
+        return None, None
+    except ValidationError:
+        return None
+
+
+def _call(conn, raw, query: str, *, retry: bool, params: dict) -> tuple | None:
+    """One statement on the connection's driver; a refusal raised inside the database (SQLSTATE P0001)
+    becomes the Python path's error. On a pooled connection the server dropped (a restart, an idle
+    timeout), a statement that is safe to send again (a read, or a posting with its idempotency key)
+    asks for a fresh connection."""
+    try:
+        with raw.cursor() as cursor:
+            return cursor.execute(query, params).fetchone()
+    except psycopg.errors.RaiseException as exc:
+        raise _refusal(exc.diag.message_primary, exc.diag.message_detail) from None
+    except psycopg.OperationalError as exc:
+        if retry and (raw.closed or raw.broken):
+            conn.invalidate()
+            raise _StaleConnection() from exc
+        raise
+
+
+def _flow_result(db: Database, row: tuple, pool_id: int, investor_id: int, kind: str, mode: str | None,
+                 effective: date, note: str, at: datetime) -> TransactionView:
+    tx_id, out_units, out_amount, out_price, error = row[:5]
     if error == "idempotency_mismatch":
         raise IdempotencyError(IDEMPOTENCY_MISMATCH)
     if error == "replay":

@@ -28,7 +28,7 @@ def test_migrate_twice_is_harmless(db):
 
 
 def test_the_hot_path_migration_goes_down_and_up_with_the_books_intact(pg_db):
-    """0006 replaces the settled-flow function; going back to 0002's and forward again keeps posting right."""
+    """0006 and 0007 replace the settled-flow path; going back to 0002's and forward again keeps posting right."""
     from alembic import command
 
     from core.db.migrate import alembic_config
@@ -57,4 +57,4 @@ def test_the_hot_path_migration_goes_down_and_up_with_the_books_intact(pg_db):
         report = audit.verify(session)
         assert report.ok, report.problem
         assert session.execute(text("SELECT version_num FROM alembic_version ORDER BY 1")).scalars().all() == [
-            "0005_jobs_payouts", "0006_shorter_hot_path"]
+            "0005_jobs_payouts", "0007_one_trip_flow"]
