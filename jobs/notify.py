@@ -124,7 +124,7 @@ def _managers(session, pool_id: int) -> list[int]:
     return ids
 
 
-def _preferences(session, user_ids: list[int], events: set[str]):
+def preferences(session, user_ids: list[int], events: set[str]):
     """Each person's choices for these events in one query; the same rules as notifications.wants."""
     stored: dict[tuple[int, str, str], bool] = {}
     for start in range(0, len(user_ids), 1000):
@@ -155,7 +155,7 @@ def deliver(db: Database, messages: list[Message]) -> Outcome:
     try:
         with db.transaction() as session:
             users = {u.id: u for u in session.scalars(select(User).where(User.id.in_({m.user_id for m in messages})))}
-            wants = _preferences(session, list(users), {m.event for m in messages})
+            wants = preferences(session, list(users), {m.event for m in messages})
             wanted: list[tuple[Message, str, str, User, Rendered]] = []
             for m in messages:
                 user = users.get(m.user_id)

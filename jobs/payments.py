@@ -19,7 +19,6 @@ the contribution with the reason.
 """
 from __future__ import annotations
 
-import time
 from datetime import timedelta
 
 from sqlalchemy import select
@@ -31,7 +30,7 @@ from core.services.common import enqueue
 from core.services.users import system_actor
 from jobs.gateways import GatewayResult, get_gateway, payment_key
 from jobs.runner import database, job
-from jobs.settings import job_settings
+from jobs.settings import Throttle, job_settings
 
 
 def _record(db: Database, tx: Transaction, gateway: str, kind: str, *, status: str, reference: str | None = None,
@@ -127,18 +126,16 @@ def pay_withdrawal(transaction_id: int) -> str:
     return _move_money(transaction_id, "payout")
 
 
-_last_checks = float("-inf")
+CHECKS = Throttle()  # how often this process looks for payments to ask about
 
 
 def queue_payment_checks(db: Database) -> int:
     """Queue a ``check_payment`` job for every payment still processing that was not asked about for
     ``payment_check_seconds``; returns how many. Marking the payment in the same transaction makes
     running this twice (or in two workers) queue each check once."""
-    global _last_checks
     every = job_settings().payment_check_seconds
-    if time.monotonic() - _last_checks < min(60.0, every):  # the sweeper runs every few seconds
+    if not CHECKS.due(min(60.0, every)):
         return 0
-    _last_checks = time.monotonic()
     now = utcnow()
     due = now - timedelta(seconds=every)
     with db.transaction() as session:

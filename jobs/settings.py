@@ -7,6 +7,7 @@ touching the application's settings class.
 from __future__ import annotations
 
 import functools
+import time
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -49,3 +50,21 @@ def job_settings() -> JobSettings:
 
 def reset_job_settings() -> None:
     job_settings.cache_clear()
+
+
+class Throttle:
+    """At most one run per interval in this process: the sweeper calls its tasks every few seconds,
+    and some need to look far less often. ``reset()`` makes the next call due (tests)."""
+
+    def __init__(self) -> None:
+        self._last = float("-inf")
+
+    def due(self, seconds: float) -> bool:
+        now = time.monotonic()
+        if now - self._last < seconds:
+            return False
+        self._last = now
+        return True
+
+    def reset(self) -> None:
+        self._last = float("-inf")

@@ -19,6 +19,7 @@ from core.services import audit
 from core.services.common import enqueue
 from core.services.context import Actor, require_role
 from jobs.runner import database, job
+from jobs.settings import Throttle
 
 EVENT = "monthly_statement"  # the preference (in-app, email) it follows
 
@@ -64,12 +65,12 @@ def send_monthly_statement(investor_id: int, period_start: str, period_end: str)
     from jobs.notify import send_email_now
 
     from core.services.notifications import add_in_app
-    from jobs.notify import _preferences
+    from jobs.notify import preferences
 
     db = database()
     start, end = date.fromisoformat(period_start), date.fromisoformat(period_end)
     with db.transaction() as session:  # the investor's choices for "Monthly statement"
-        wants = _preferences(session, [investor_id], {EVENT})
+        wants = preferences(session, [investor_id], {EVENT})
         if wants(investor_id, EVENT, "in_app"):
             add_in_app(session, user_id=investor_id, event=EVENT,
                        title=f"Your statement for {start:%B %Y} is ready",
@@ -89,23 +90,19 @@ def send_monthly_statement(investor_id: int, period_start: str, period_end: str)
     )
 
 
-_last_look = float("-inf")
+LOOK = Throttle()  # at most one look an hour per process
 
 
 def schedule_if_due(db: Database, *, today: date | None = None) -> int:
     """With ``POOLDESK_MONTHLY_STATEMENTS`` on, queue last month's statements once the month is over
     (run by the sweeper of every worker; at most one look an hour per process, and a month already
     scheduled, by this or by an admin, is not looked at again). Returns how many were queued."""
-    import time
-
     from core.db.models import AuditEvent
     from core.services.users import system_actor
     from jobs.settings import job_settings
 
-    global _last_look
-    if not job_settings().monthly_statements or time.monotonic() - _last_look < 3600:
+    if not job_settings().monthly_statements or not LOOK.due(3600):
         return 0
-    _last_look = time.monotonic()
     month = previous_month(today)
     _, last = month_bounds(month)
     with db.read() as session:

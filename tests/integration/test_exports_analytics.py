@@ -136,16 +136,16 @@ def test_with_monthly_statements_on_the_workers_queue_last_month_once(book, monk
         with db.read() as session:
             return [m.payload for m in session.scalars(select(OutboxMessage).where(OutboxMessage.job == JOB))]
 
-    monkeypatch.setattr(jobs.statements, "_last_look", float("-inf"))
+    jobs.statements.LOOK.reset()
     reset_job_settings()
     assert schedule_if_due(db, today=date(2024, 7, 1)) == 0 and queued() == []  # off unless configured
     monkeypatch.setenv("POOLDESK_MONTHLY_STATEMENTS", "true")
     reset_job_settings()
     assert schedule_if_due(db, today=date(2024, 7, 1)) == 1
     assert queued() == [{"investor_id": inv.id, "period_start": "2024-06-01", "period_end": "2024-06-30"}]
-    monkeypatch.setattr(jobs.statements, "_last_look", float("-inf"))
+    jobs.statements.LOOK.reset()
     assert schedule_if_due(db, today=date(2024, 7, 2)) == 0  # June is done
-    monkeypatch.setattr(jobs.statements, "_last_look", float("-inf"))
+    jobs.statements.LOOK.reset()
     assert schedule_if_due(db, today=date(2024, 8, 1)) == 1  # then July
     monkeypatch.delenv("POOLDESK_MONTHLY_STATEMENTS")
     reset_job_settings()

@@ -253,7 +253,7 @@ def checks_now(monkeypatch):
     from jobs.settings import reset_job_settings
 
     monkeypatch.setenv("POOLDESK_PAYMENT_CHECK_SECONDS", "0")
-    monkeypatch.setattr(jobs.payments, "_last_checks", float("-inf"))
+    jobs.payments.CHECKS.reset()
     reset_job_settings()
     yield monkeypatch
     reset_job_settings()
