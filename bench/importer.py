@@ -6,8 +6,8 @@ distributions for one pool and 10,000 investors, imports it with the same code a
 On a local PostgreSQL it also prints the CPU seconds the import cost this process
 (``client_cpu_s``, every thread) and the database server (``server_cpu_s``, the
 backends of this database, read from /proc; null when not readable): the import is
-server-bound, and most of the server's time goes to the foreign-key checks of the
-transaction rows.
+server-bound. The database is new, so the import is a first large load and goes in bulk
+(docs/import.md).
 """
 from __future__ import annotations
 

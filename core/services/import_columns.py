@@ -262,7 +262,7 @@ def _apply(session: Session, actor: Actor, pool: Pool, rows: _Rows, create_inves
             raise _Decline()
         writer = iw.PostingWriter(session, pool_id=pool.id, actor_id=actor.id, now=replay.now,
                                   valuations=int((rows.kind == VALUATION).sum()),
-                                  distributions=int((rows.kind == DISTRIBUTION).sum()))
+                                  distributions=int((rows.kind == DISTRIBUTION).sum()), rows=int(rows.n))
         replay.run(writer)
         writer.finish(replay.journal_batches, replay.valuations, replay.fees, replay.distributions)
         replay.settle_holdings()

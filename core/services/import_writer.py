@@ -7,9 +7,10 @@ one writer decides what lands in the database and two equal replays give equal
 tables.
 
 On PostgreSQL the transactions are streamed with binary COPY from a background
-thread while the caller is still replaying: the server spends most of an import
-inserting transaction rows and firing their foreign-key checks, and this keeps it
-busy from the first replayed segment on. Binary rows are assembled column-wise
+thread while the caller is still replaying, which keeps the server busy from the first
+replayed segment on. A first large load goes without the foreign keys and secondary
+indexes, which are put back (and checked) before the transaction ends (see
+``PostingWriter._enter_bulk``). Binary rows are assembled column-wise
 with numpy and pyarrow, never a Python object per field. Journal legs go last,
 sorted by (account, investor) so that their index is filled in order. On SQLite
 (one writer at a time anyway) the same batches go through executemany.
@@ -35,6 +36,23 @@ ACCOUNTS = ("pool", "investor", "gain", "fee_expense", "fees_payable", "distribu
 REF_TX, REF_VAL, REF_DIST = 0, 1, 2
 NULL = np.iinfo(np.int64).min  # NULL in an int64 column
 BATCH_ROWS = 65536  # transactions per streamed COPY statement
+BULK_MIN_ROWS = 100_000  # a first load this large is written without foreign keys and indexes, then checked
+BULK_LOCK_TIMEOUT = "3s"
+# What a bulk load takes off and puts back: the foreign keys of transactions and the secondary (not
+# unique, not partial) indexes of transactions and the journal, each with the statement that recreates
+# it exactly. The partial index of open transactions stays: few imported rows are open, and its
+# predicate would come back rewritten.
+_BULK_PLAN = """
+SELECT format('ALTER TABLE transactions DROP CONSTRAINT %I', conname),
+       format('ALTER TABLE transactions ADD CONSTRAINT %I %s', conname, pg_get_constraintdef(oid))
+  FROM pg_constraint WHERE conrelid = 'transactions'::regclass AND contype = 'f'
+UNION ALL
+UNION ALL
+SELECT format('DROP INDEX %s', i.indexrelid::regclass), pg_get_indexdef(i.indexrelid)
+  FROM pg_index i
+ WHERE i.indrelid IN ('transactions'::regclass, 'journal_entries'::regclass) AND NOT i.indisunique
+   AND i.indpred IS NULL
+"""
 
 _KIND = {k: i for i, k in enumerate(KINDS)}
 _STATUS = {s: i for i, s in enumerate(STATUSES)}
@@ -217,7 +235,7 @@ class PostingWriter:
     taken first, because transaction rows name their distribution."""
 
     def __init__(self, session: Session, *, pool_id: int, actor_id: int, now: datetime,
-                 valuations: int, distributions: int):
+                 valuations: int, distributions: int, rows: int = 0):
         self.session = session
         self.connection = session.connection()
         self.postgres = self.connection.dialect.name == "postgresql"
@@ -233,6 +251,9 @@ class PostingWriter:
         self._stopping = False
         self._pending: list[TxBatch] = []
         self._pending_rows = 0
+        self._restore: list[str] = []
+        if self.postgres and rows >= BULK_MIN_ROWS:
+            self._enter_bulk(rows)
 
     # ids: PostgreSQL hands out sequence values (another writer may take some in between);
     # SQLite has one writer, so the next ids follow the largest.
@@ -253,6 +274,48 @@ class PostingWriter:
         start = (cursor.execute(f"SELECT COALESCE(MAX(id), 0) FROM {table}").fetchone()[0] or 0) + 1
         cursor.close()
         return np.arange(start, start + count, dtype=np.int64)
+
+    # --- bulk loading ---------------------------------------------------------------------
+
+    def _enter_bulk(self, rows: int) -> None:
+        """A first large load (at least BULK_MIN_ROWS rows, more than the ledger holds already) is
+        written without the foreign keys of ``transactions`` and the secondary indexes of it and the
+        journal; ``_leave_bulk`` puts them back, exactly as they were, in this same transaction.
+        Adding a foreign key checks every row, so nothing is taken on trust, and until the commit no
+        one else can touch these tables (or, for a moment, the users and pools they point at):
+        others wait for the import instead of seeing a ledger without its constraints. When the
+        tables are busy (a lock not had within BULK_LOCK_TIMEOUT), the import goes row by row."""
+        import psycopg
+
+        with self.raw.cursor() as cursor:
+            held = cursor.execute(
+                "SELECT greatest(c.reltuples, s.n_live_tup, 0)::bigint FROM pg_class c "
+                "LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid WHERE c.oid = 'transactions'::regclass").fetchone()[0]
+            if rows <= held:
+                return  # rebuilding would cost the whole table: cheaper to keep the indexes up to date
+            plan = cursor.execute(_BULK_PLAN).fetchall()
+        try:
+            with self.raw.transaction():  # a savepoint: given up as a whole when a lock is not had in time
+                with self.raw.cursor() as cursor:
+                    cursor.execute(f"SET LOCAL lock_timeout = '{BULK_LOCK_TIMEOUT}'")
+                    for drop, _ in plan:
+                        cursor.execute(drop)
+        except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):
+            return
+        finally:
+            with self.raw.cursor() as cursor:
+                cursor.execute("SET LOCAL lock_timeout = DEFAULT")
+        self._restore = [create for _, create in plan]
+
+    def _leave_bulk(self) -> None:
+        if not self._restore:
+            return
+        with self.raw.cursor() as cursor:
+            cursor.execute("SET LOCAL maintenance_work_mem = '256MB'")
+            for statement in self._restore:
+                cursor.execute(statement)
+            cursor.execute("SET LOCAL maintenance_work_mem = DEFAULT")
+        self._restore = []
 
     # --- transactions -------------------------------------------------------------------
 
@@ -368,6 +431,7 @@ class PostingWriter:
         batches = [b for b in journal if len(b)]
         if batches:
             self._write_journal(concat_journal(batches))
+        self._leave_bulk()
 
     def abort(self) -> None:
         """Stop streaming (the caller then rolls the rows back)."""
@@ -409,15 +473,17 @@ class PostingWriter:
         if self.postgres:
             now = _pg_micros(self.now)
             step = 262144
-            parts = []
-            for start in range(0, len(order), step):
-                o = order[start:start + step]
-                parts.append(_binary_rows(10, [
-                    _constant_cell(self.pool_id, 4), _fixed_cells(refs[0][o], 4), _fixed_cells(refs[1][o], 4),
-                    _fixed_cells(refs[2][o], 4), _coded_cells(j.account[o], ACCOUNTS),
-                    _fixed_cells(j.investor_id[o], 4), _fixed_cells(j.amount[o], 8), _fixed_cells(j.units[o], 8),
-                    _fixed_cells(j.day[o].astype(np.int64) - _PG_DAYS, 4), _constant_cell(now, 8)]))
-            self._copy_binary("journal_entries", JOURNAL_COLUMNS, parts)
+
+            def parts() -> Iterable[pa.Buffer]:  # built while the server takes in the previous part
+                for start in range(0, len(order), step):
+                    o = order[start:start + step]
+                    yield _binary_rows(10, [
+                        _constant_cell(self.pool_id, 4), _fixed_cells(refs[0][o], 4), _fixed_cells(refs[1][o], 4),
+                        _fixed_cells(refs[2][o], 4), _coded_cells(j.account[o], ACCOUNTS),
+                        _fixed_cells(j.investor_id[o], 4), _fixed_cells(j.amount[o], 8), _fixed_cells(j.units[o], 8),
+                        _fixed_cells(j.day[o].astype(np.int64) - _PG_DAYS, 4), _constant_cell(now, 8)])
+
+            self._copy_binary("journal_entries", JOURNAL_COLUMNS, parts())
             return
         now = _sqlite_time(self.now)
         days = _iso_days(j.day)
@@ -452,7 +518,7 @@ class PostingWriter:
 
     # --- plumbing ---------------------------------------------------------------------------
 
-    def _copy_binary(self, table: str, columns: list[str], parts: list[pa.Buffer]) -> None:
+    def _copy_binary(self, table: str, columns: list[str], parts: Iterable[pa.Buffer]) -> None:
         with self.raw.cursor() as cursor:
             with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)") as copy:
                 copy.write(_SIGNATURE)

@@ -494,7 +494,8 @@ def _apply(session: Session, actor: Actor, pool: Pool, rows: list[Row], errors: 
 def _write(session: Session, actor: Actor, pool: Pool, replay: _Replay) -> None:
     """Write what the reference replay produced (the demo data uses this too)."""
     writer = import_writer.PostingWriter(session, pool_id=pool.id, actor_id=actor.id, now=replay.now,
-                                         valuations=len(replay.valuations), distributions=len(replay.distributions))
+                                         valuations=len(replay.valuations), distributions=len(replay.distributions),
+                                         rows=len(replay.transactions))
     if replay.transactions:
         writer.add_transactions(import_writer.tx_batch_from_rows(replay.transactions))
     journal = [import_writer.journal_batch_from_rows(replay.journal)] if replay.journal else []

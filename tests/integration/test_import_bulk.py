@@ -1,0 +1,142 @@
+"""A first large import on PostgreSQL is written without the foreign keys of ``transactions`` and the
+secondary indexes, which are put back, exactly as they were and checked, in the same transaction."""
+from __future__ import annotations
+
+import threading
+from datetime import date, timedelta
+
+import pytest
+from sqlalchemy import create_engine, func, select, text
+
+from bench.importer import write_csv
+from core.db.models import JournalEntry, Transaction
+from core.services import import_writer
+from core.services.importer import import_csv
+from core.services.reconcile import reconcile
+from tests.factories import make_pool, make_user
+
+START = date.today() - timedelta(days=400)
+
+SCHEMA = """
+SELECT 'fk ' || conname || ' ' || pg_get_constraintdef(oid) FROM pg_constraint
+ WHERE conrelid IN ('transactions'::regclass, 'journal_entries'::regclass)
+UNION ALL
+SELECT 'ix ' || indexname || ' ' || indexdef FROM pg_indexes WHERE tablename IN ('transactions', 'journal_entries')
+ORDER BY 1
+"""
+
+
+def schema(db) -> list[str]:
+    with db.read() as session:
+        return list(session.execute(text(SCHEMA)).scalars())
+
+
+@pytest.fixture
+def history(pg_db, tmp_path, monkeypatch):
+    """A pool, 40 investors and a 3,000-row history; bulk loading starts at 1,000 rows here."""
+    monkeypatch.setattr(import_writer, "BULK_MIN_ROWS", 1000)
+    manager = make_user(pg_db, "manager")
+    emails = [make_user(pg_db, "investor").email for _ in range(40)]
+    pool = make_pool(pg_db, manager, code="BULK", inception=START)
+    path = tmp_path / "history.csv"
+    rows = write_csv(str(path), 3000, emails, START)
+    return pg_db, manager, pool, path.read_text(), rows
+
+
+@pytest.fixture
+def bulk_steps(monkeypatch):
+    """The statements a bulk load ran to put the constraints and indexes back."""
+    restored: list[list[str]] = []
+    leave = import_writer.PostingWriter._leave_bulk
+
+    def spy(self):
+        restored.append(list(self._restore))
+        return leave(self)
+
+    monkeypatch.setattr(import_writer.PostingWriter, "_leave_bulk", spy)
+    return restored
+
+
+def test_a_first_large_import_is_bulk_loaded_and_ends_with_every_constraint_and_index(history, bulk_steps):
+    db, manager, pool, csv_text, rows = history
+    before = schema(db)
+    assert any(line.startswith("fk fk_transactions_investor_id_users") for line in before)
+    result = import_csv(db, actor=manager, pool_code="BULK", source=csv_text)
+    assert result.rows == rows
+    steps = bulk_steps[0]
+    assert any("ADD CONSTRAINT fk_transactions_investor_id_users FOREIGN KEY (investor_id) REFERENCES users(id)" in s
+               for s in steps)
+    assert any(s.startswith("CREATE INDEX ix_journal_pool_account") for s in steps)
+    assert schema(db) == before  # the same constraints and indexes, defined the same way
+    assert reconcile(db) == []
+    with db.read() as session:  # the indexes are whole: a query through each finds every row
+        session.execute(text("SET LOCAL enable_seqscan = off"))
+        assert session.scalar(select(func.count()).select_from(Transaction).where(
+            Transaction.pool_id == pool.id)) == result.contributions + result.withdrawals
+        assert session.scalar(select(func.count()).select_from(JournalEntry).where(
+            JournalEntry.pool_id == pool.id, JournalEntry.account == "investor")) > 0
+    # the foreign keys are enforced again
+    with pytest.raises(Exception, match="fk_transactions_investor_id_users"):
+        with db.transaction() as session:
+            session.execute(text(
+                "INSERT INTO transactions (pool_id, investor_id, kind, status, effective_date, source, note, "
+                "created_by, created_at, version) VALUES (:p, 999999, 'contribution', 'settled', CURRENT_DATE, "
+                "'import', '', 1, now(), 1)"), {"p": pool.id})
+
+
+def test_an_import_that_fails_after_dropping_them_puts_nothing_in_and_takes_nothing_away(history, monkeypatch):
+    db, manager, _, csv_text, _ = history
+    before = schema(db)
+
+    def broken(self, journal):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(import_writer.PostingWriter, "_write_journal", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        import_csv(db, actor=manager, pool_code="BULK", source=csv_text)
+    assert schema(db) == before
+    with db.read() as session:
+        assert session.scalar(select(func.count()).select_from(Transaction)) == 0
+
+
+def test_when_the_ledger_is_busy_the_import_goes_row_by_row(history, bulk_steps, monkeypatch):
+    db, manager, _, csv_text, rows = history
+    monkeypatch.setattr(import_writer, "BULK_LOCK_TIMEOUT", "200ms")
+    reader = create_engine(db.url)
+    holding, release = threading.Event(), threading.Event()
+
+    def read_and_wait():  # someone with an open transaction that has read the ledger
+        with reader.connect() as conn, conn.begin():
+            conn.execute(text("SELECT count(*) FROM transactions")).scalar()
+            holding.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=read_and_wait)
+    thread.start()
+    try:
+        assert holding.wait(10)
+        result = import_csv(db, actor=manager, pool_code="BULK", source=csv_text)
+    finally:
+        release.set()
+        thread.join()
+        reader.dispose()
+    assert result.rows == rows
+    assert bulk_steps == [[]]  # nothing was taken off, so nothing had to be put back
+    assert reconcile(db) == []
+
+
+def test_an_import_smaller_than_the_ledger_keeps_the_indexes_up_to_date(history, bulk_steps, monkeypatch):
+    db, manager, _, csv_text, _ = history
+    monkeypatch.setattr(import_writer, "BULK_MIN_ROWS", 10)
+    small = "date,type,investor,amount,units,note\n" + "".join(
+        f"{START.isoformat()},contribution,{email},100.00,,\n" for email in _emails(db, 20))
+    import_csv(db, actor=manager, pool_code="BULK", source=csv_text)  # the first load: bulk
+    make_pool(db, manager, code="SECOND", inception=START)
+    import_csv(db, actor=manager, pool_code="SECOND", source=small)  # 20 rows against 3,000 held
+    assert [bool(steps) for steps in bulk_steps] == [True, False]
+
+
+def _emails(db, n: int) -> list[str]:
+    with db.read() as session:
+        return list(session.execute(text(
+            "SELECT email FROM users WHERE role = 'investor' ORDER BY id LIMIT :n"), {"n": n}).scalars())
