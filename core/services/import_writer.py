@@ -47,7 +47,6 @@ SELECT format('ALTER TABLE transactions DROP CONSTRAINT %I', conname),
        format('ALTER TABLE transactions ADD CONSTRAINT %I %s', conname, pg_get_constraintdef(oid))
   FROM pg_constraint WHERE conrelid = 'transactions'::regclass AND contype = 'f'
 UNION ALL
-UNION ALL
 SELECT format('DROP INDEX %s', i.indexrelid::regclass), pg_get_indexdef(i.indexrelid)
   FROM pg_index i
  WHERE i.indrelid IN ('transactions'::regclass, 'journal_entries'::regclass) AND NOT i.indisunique
@@ -284,7 +283,8 @@ class PostingWriter:
         Adding a foreign key checks every row, so nothing is taken on trust, and until the commit no
         one else can touch these tables (or, for a moment, the users and pools they point at):
         others wait for the import instead of seeing a ledger without its constraints. When the
-        tables are busy (a lock not had within BULK_LOCK_TIMEOUT), the import goes row by row."""
+        tables are busy (a lock not had within BULK_LOCK_TIMEOUT), or the database user does not own
+        them, the import goes row by row."""
         import psycopg
 
         with self.raw.cursor() as cursor:
@@ -300,7 +300,8 @@ class PostingWriter:
                     cursor.execute(f"SET LOCAL lock_timeout = '{BULK_LOCK_TIMEOUT}'")
                     for drop, _ in plan:
                         cursor.execute(drop)
-        except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):
+        except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected,
+                psycopg.errors.InsufficientPrivilege):  # busy, or a database user that does not own the tables
             return
         finally:
             with self.raw.cursor() as cursor:

@@ -140,3 +140,30 @@ def _emails(db, n: int) -> list[str]:
     with db.read() as session:
         return list(session.execute(text(
             "SELECT email FROM users WHERE role = 'investor' ORDER BY id LIMIT :n"), {"n": n}).scalars())
+
+
+def test_a_database_user_that_does_not_own_the_tables_imports_row_by_row(history, bulk_steps):
+    """Deployments often run the app as a user with rights on the tables but not their owner."""
+    from sqlalchemy.engine import make_url
+
+    from core.db.session import Database
+
+    db, manager, _, csv_text, rows = history
+    with db.transaction() as session:
+        session.execute(text(
+            "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'pooldesk_app_user') THEN "
+            "CREATE ROLE pooldesk_app_user LOGIN; END IF; END $$"))
+        session.execute(text("GRANT USAGE ON SCHEMA public TO pooldesk_app_user"))
+        session.execute(text("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO pooldesk_app_user"))
+        session.execute(text("GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public TO pooldesk_app_user"))
+    app_db = Database(make_url(db.url).set(username="pooldesk_app_user", password=None).render_as_string(
+        hide_password=False))
+    try:
+        with app_db.read() as session:
+            assert session.scalar(text("SELECT current_user")) == "pooldesk_app_user"
+        result = import_csv(app_db, actor=manager, pool_code="BULK", source=csv_text)
+    finally:
+        app_db.dispose()
+    assert result.rows == rows
+    assert bulk_steps == [[]]
+    assert reconcile(db) == []
