@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from decimal import Decimal
@@ -227,6 +228,22 @@ class _Stop(Exception):
     pass
 
 
+@contextmanager
+def _local_setting(raw, name: str, value: str):
+    """A setting for the statements inside, then back to what it was (for the rest of the transaction)."""
+    from psycopg.pq import TransactionStatus
+
+    with raw.cursor() as cursor:
+        before = cursor.execute("SELECT current_setting(%s)", (name,)).fetchone()[0]
+        cursor.execute("SELECT set_config(%s, %s, true)", (name, value))
+    try:
+        yield
+    finally:
+        if raw.info.transaction_status == TransactionStatus.INTRANS:  # after an error, the rollback undoes it
+            with raw.cursor() as cursor:
+                cursor.execute("SELECT set_config(%s, %s, true)", (name, before))
+
+
 class PostingWriter:
     """Writes one import: transactions as they are replayed, then everything that points at them.
 
@@ -280,9 +297,10 @@ class PostingWriter:
         """A first large load (at least BULK_MIN_ROWS rows, more than the ledger holds already) is
         written without the foreign keys of ``transactions`` and the secondary indexes of it and the
         journal; ``_leave_bulk`` puts them back, exactly as they were, in this same transaction.
-        Adding a foreign key checks every row, so nothing is taken on trust, and until the commit no
-        one else can touch these tables (or, for a moment, the users and pools they point at):
-        others wait for the import instead of seeing a ledger without its constraints. When the
+        Adding a foreign key checks every row, so nothing is taken on trust. Until the commit no one
+        else can read or write these tables, nor ``users`` and ``pools`` (taking a foreign key off
+        locks the table it points at too): others wait for the import instead of seeing a ledger
+        without its constraints, which is why this is kept to a first load. When the
         tables are busy (a lock not had within BULK_LOCK_TIMEOUT), or the database user does not own
         them, the import goes row by row."""
         import psycopg
@@ -296,26 +314,20 @@ class PostingWriter:
             plan = cursor.execute(_BULK_PLAN).fetchall()
         try:
             with self.raw.transaction():  # a savepoint: given up as a whole when a lock is not had in time
-                with self.raw.cursor() as cursor:
-                    cursor.execute(f"SET LOCAL lock_timeout = '{BULK_LOCK_TIMEOUT}'")
+                with _local_setting(self.raw, "lock_timeout", BULK_LOCK_TIMEOUT), self.raw.cursor() as cursor:
                     for drop, _ in plan:
                         cursor.execute(drop)
         except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected,
                 psycopg.errors.InsufficientPrivilege):  # busy, or a database user that does not own the tables
             return
-        finally:
-            with self.raw.cursor() as cursor:
-                cursor.execute("SET LOCAL lock_timeout = DEFAULT")
         self._restore = [create for _, create in plan]
 
     def _leave_bulk(self) -> None:
         if not self._restore:
             return
-        with self.raw.cursor() as cursor:
-            cursor.execute("SET LOCAL maintenance_work_mem = '256MB'")
+        with _local_setting(self.raw, "maintenance_work_mem", "256MB"), self.raw.cursor() as cursor:
             for statement in self._restore:
                 cursor.execute(statement)
-            cursor.execute("SET LOCAL maintenance_work_mem = DEFAULT")
         self._restore = []
 
     # --- transactions -------------------------------------------------------------------

@@ -167,3 +167,19 @@ def test_a_database_user_that_does_not_own_the_tables_imports_row_by_row(history
     assert result.rows == rows
     assert bulk_steps == [[]]
     assert reconcile(db) == []
+
+
+def test_the_lock_timeout_of_the_bulk_step_does_not_outlive_it(pg_db):
+    import psycopg
+
+    with pg_db.transaction() as session:
+        raw = session.connection().connection.driver_connection
+        show = lambda: raw.execute("SHOW lock_timeout").fetchone()[0]  # noqa: E731
+        raw.execute("SET LOCAL lock_timeout = '7s'")
+        with import_writer._local_setting(raw, "lock_timeout", "200ms"):
+            assert show() == "200ms"
+        assert show() == "7s"
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            with raw.transaction(), import_writer._local_setting(raw, "lock_timeout", "200ms"):
+                raw.execute("SELECT 1/0")
+        assert show() == "7s"
