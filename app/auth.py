@@ -211,6 +211,10 @@ def forget() -> None:
 
 
 def sign_out(db: Database, *, everywhere: bool = False) -> None:
+    """End this browser's session (or all of the user's) and start a fresh run. After a single
+    sign-on, also sign out of the identity provider: the browser leaves for its sign-out page. That
+    run is stopped, not rerun, since a rerun can drop the message that sends the browser there (the
+    identity cookie would then stay, and a reload would sign the user back in)."""
     actor = st.session_state.get(ACTOR_KEY)
     if everywhere and isinstance(actor, Actor):
         auth_service.revoke_all_sessions(db, actor=actor, user_id=actor.id)
@@ -221,6 +225,8 @@ def sign_out(db: Database, *, everywhere: bool = False) -> None:
     st.session_state["cookie_delete_pending"] = True
     if used_sso and sso_configured():
         st.logout()
+        st.stop()
+    st.rerun()
 
 
 def sso_configured() -> bool:
@@ -235,11 +241,17 @@ def sign_in_with_sso(db: Database) -> Actor | None:
     if not sso_configured() or not getattr(st.user, "is_logged_in", False):
         return None
     email = st.user.get("email") or ""
+    refused = st.session_state.get("sso_refused")
+    if refused and refused[0] == email:  # asked once per browser session
+        st.session_state["sso_error"] = refused[1]
+        return None
     try:
         actor = auth_service.sign_in_external(db, email=email)
     except AuthenticationError as exc:
-        st.session_state["sso_error"] = exc.message  # shown on the sign-in page, which st.logout leads back to
-        st.logout()
+        # Told on the sign-in page, which offers to sign out of the provider to use another account.
+        # (Signing out at once would leave for the provider's end-session page, and the reason with it.)
+        st.session_state["sso_error"] = exc.message
+        st.session_state["sso_refused"] = (email, exc.message)
         return None
     token = auth_service.create_session(db, actor=actor, user_agent=_user_agent())
     _remember(actor, token)

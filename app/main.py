@@ -77,7 +77,6 @@ def main() -> None:
         notification_bell(actor)
         if st.button("Sign out", icon=":material/logout:", key="sign_out_button"):
             auth.sign_out(db)
-            st.rerun()
     show_flashes()
     page.run()
 

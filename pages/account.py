@@ -25,7 +25,6 @@ show_table(sessions, {
 }, empty="No open sessions.")
 if st.button("Sign out everywhere", icon=":material/logout:", key="sign_out_everywhere"):
     auth.sign_out(db, everywhere=True)
-    st.rerun()
 
 st.subheader("Change password")
 errors = FieldErrors()

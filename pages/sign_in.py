@@ -86,7 +86,9 @@ def sign_in() -> None:
         if auth.sso_configured():
             if sso_error := st.session_state.get("sso_error"):
                 st.error(sso_error)
-            st.button("Sign in with single sign-on", on_click=st.login, icon=":material/key:")
+                st.button("Sign in with another single sign-on account", on_click=st.logout, icon=":material/key:")
+            else:
+                st.button("Sign in with single sign-on", on_click=st.login, icon=":material/key:")
         with st.expander("Forgot your password?"):
             with st.form("forgot_password", clear_on_submit=True):
                 email = st.text_input("Your email")

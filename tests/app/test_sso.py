@@ -1,6 +1,6 @@
 """Single sign-on on the page side: with an ``[auth]`` section, the identity Streamlit's ``st.login``
-returns signs in the matching active user, with that user's role; any other identity is signed
-out of the provider again and told why on the sign-in page."""
+returns signs in the matching active user, with that user's role; any other identity is told why
+on the sign-in page, which offers to sign out of the provider to use another account."""
 from __future__ import annotations
 
 import streamlit as st
@@ -33,14 +33,20 @@ def test_an_identity_matching_an_active_user_signs_in_with_that_users_role(db, m
     assert calls == []
 
 
-def test_an_unknown_identity_is_signed_out_of_the_provider_and_told_why(db, monkeypatch):
+def test_an_unknown_identity_is_told_why_and_offered_another_account(db, monkeypatch):
     calls = _configure(monkeypatch, "stranger@example.com")
     at = open_app(db)
     assert not at.exception
-    assert calls == ["logout"]
+    assert calls == []  # not sent off to the provider's end-session page, which would lose the reason
     assert [t.value for t in at.title] == ["Pooldesk"]
-    assert [e.value for e in at.error] == ["This single sign-on identity does not match an active Pooldesk user."]
-    assert button(at, "Sign in with single sign-on")
+    refusal = ["This single sign-on identity does not match an active Pooldesk user."]
+    assert [e.value for e in at.error] == refusal
+    assert [b.label for b in at.button if "single sign-on" in b.label] == ["Sign in with another single sign-on account"]
+    at.run()  # still refused, still told, on every run
+    assert [e.value for e in at.error] == refusal
+    assert not [m for m in at.sidebar.markdown if "stranger@example.com" in m.value]
+    button(at, "Sign in with another single sign-on account").click().run()
+    assert calls == ["logout"]
 
 
 def test_a_deactivated_user_cannot_come_back_through_single_sign_on(db, monkeypatch):
@@ -51,5 +57,5 @@ def test_a_deactivated_user_cannot_come_back_through_single_sign_on(db, monkeypa
     users.set_status(db, actor=system(db), user_id=former.id, status="deactivated")
     calls = _configure(monkeypatch, "gone@example.com")
     at = open_app(db)
-    assert calls == ["logout"]
+    assert calls == []
     assert [t.value for t in at.title] == ["Pooldesk"]

@@ -9,133 +9,23 @@ before sign-out no longer gets in. Screenshots of each step go to test-artifacts
 from __future__ import annotations
 
 import csv
-import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 from pypdf import PdfReader
 
-from tests.conftest import PG_ADMIN_URL, missing, pg_url
+from tests.e2e.conftest import running_app, settle, shot
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = ROOT / "test-artifacts" / "e2e"
-E2E_DB = os.environ.get("POOLDESK_TEST_PG_DB", "pooldesk_test") + "_e2e"
 PASSWORD = "manager-password-1"
-QUIET_MS = 1000
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _fresh_database() -> str:
-    from sqlalchemy import create_engine, text
-
-    try:
-        admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{E2E_DB}" WITH (FORCE)'))
-            conn.execute(text(f'CREATE DATABASE "{E2E_DB}"'))
-        admin.dispose()
-    except Exception as exc:  # noqa: BLE001
-        missing(f"PostgreSQL not reachable: {type(exc).__name__}")
-    from core.db.migrate import migrate
-
-    url = pg_url(E2E_DB)
-    migrate(url)
-    return url
 
 
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
-    if not os.path.exists(CHROMIUM):
-        missing(f"{CHROMIUM} is not installed (apt-get install chromium)")
-    url = _fresh_database()
-    data_dir = tmp_path_factory.mktemp("e2e-data")
-    port = _free_port()
-    env = dict(os.environ, POOLDESK_DATABASE_URL=url, POOLDESK_DATA_DIR=str(data_dir), POOLDESK_ENV="test",
-               POOLDESK_SECRET_KEY="e2e-" + "x" * 40, POOLDESK_BCRYPT_ROUNDS="4",
-               POOLDESK_BASE_URL=f"http://127.0.0.1:{port}", POOLDESK_APP_JOBS="on")
-    for name in ("POOLDESK_REDIS_URL", "POOLDESK_SMTP_HOST"):
-        env.pop(name, None)
-    # The first manager exists before anyone can invite: made here through the service, as `pooldesk` would.
-    subprocess.run([sys.executable, "-c", (
-        "from core.db.session import get_database; from core.services import users;"
-        "db = get_database(); system = users.system_actor(db);"
-        f"users.create_user(db, actor=system, email='manager@example.com', name='Maya Manager', role='manager', password='{PASSWORD}')"
-    )], env=env, cwd=ROOT, check=True)
-    log = open(data_dir / "streamlit.log", "w")
-    process = subprocess.Popen(
-        [str(ROOT / ".venv" / "bin" / "streamlit"), "run", "app/main.py", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(120):
-        try:
-            if urllib.request.urlopen(base + "/_stcore/health", timeout=1).read() == b"ok":
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        process.kill()
-        pytest.fail("the app did not start: " + (data_dir / "streamlit.log").read_text()[-2000:])
-    yield base
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-    log.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"])
-        yield chromium
-        chromium.close()
-
-
-def settle(page, timeout: float = 30_000) -> None:
-    """Wait until the app is idle and stays idle for a moment.
-
-    The cookie components answer once their frames have loaded, and each answer starts
-    one more run; a click landing in such a run can be lost, so a step starts only once
-    no run has been seen for QUIET_MS."""
-    page.wait_for_selector("[data-testid='stApp'][data-test-connection-state='CONNECTED']", timeout=timeout)
-    deadline = time.monotonic() + timeout / 1000
-    idle = "[data-testid='stApp'][data-test-script-state='notRunning']"
-    while True:
-        page.wait_for_selector(idle, timeout=timeout)
-        quiet = page.evaluate(
-            """(quietMs) => new Promise((resolve) => {
-                const app = document.querySelector("[data-testid='stApp']");
-                const observer = new MutationObserver(() => {
-                    if (app.getAttribute("data-test-script-state") !== "notRunning") {
-                        observer.disconnect(); resolve(false);
-                    }
-                });
-                observer.observe(app, {attributes: true, attributeFilter: ["data-test-script-state"]});
-                setTimeout(() => { observer.disconnect(); resolve(true); }, quietMs);
-            })""", QUIET_MS)
-        if quiet and page.locator(idle).count() == 1:
-            break
-        if time.monotonic() > deadline:
-            raise AssertionError("the app did not settle")
-    page.wait_for_function("document.querySelectorAll('[data-stale=\"true\"]').length === 0", timeout=timeout)
+    manager = dict(email="manager@example.com", name="Maya Manager", role="manager", password=PASSWORD)
+    with running_app(tmp_path_factory, "_e2e", users=[manager]) as base:
+        yield base
 
 
 def sign_out(page) -> None:
@@ -149,11 +39,6 @@ def sign_out(page) -> None:
     else:
         raise AssertionError("the sign-in cookie was not deleted")
     settle(page)
-
-
-def shot(page, name: str) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
 def sign_in(page, email: str, password: str, *, wait: bool = True) -> None:
