@@ -49,28 +49,44 @@ def pg_url(database: str = PG_DB) -> str:
 _pg_state: dict = {}
 
 
-def _prepare_postgres() -> str:
-    if "url" in _pg_state:
-        return _pg_state["url"]
-    if "error" in _pg_state:
-        missing(_pg_state["error"])
+def _recreate_database(name: str) -> str | None:
+    """Drop and create the database ``name``; what went wrong, if it could not be done."""
     from sqlalchemy import create_engine, text
 
     try:
         admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{PG_DB}" WITH (FORCE)'))
-            conn.execute(text(f'CREATE DATABASE "{PG_DB}"'))
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
         admin.dispose()
     except Exception as exc:  # noqa: BLE001 - any connection problem means "no PostgreSQL"
-        _pg_state["error"] = f"PostgreSQL not reachable at {PG_ADMIN_URL}: {type(exc).__name__}"
-        missing(_pg_state["error"])
+        return f"PostgreSQL not reachable at {PG_ADMIN_URL}: {type(exc).__name__}"
+    return None
+
+
+def new_postgres_database(name: str) -> str:
+    """A new, migrated database ``name`` (the browser tests' apps each have one); its URL."""
     from core.db.migrate import migrate
 
-    url = pg_url()
-    migrate(url)
-    _pg_state["url"] = url
-    return url
+    if problem := _recreate_database(name):
+        missing(problem)
+    migrate(pg_url(name))
+    return pg_url(name)
+
+
+def _prepare_postgres() -> str:
+    if "url" in _pg_state:
+        return _pg_state["url"]
+    if "error" in _pg_state:
+        missing(_pg_state["error"])
+    if problem := _recreate_database(PG_DB):
+        _pg_state["error"] = problem  # later tests skip (or fail) at once
+        missing(problem)
+    from core.db.migrate import migrate
+
+    migrate(pg_url())
+    _pg_state["url"] = pg_url()
+    return _pg_state["url"]
 
 
 _sqlite_template: dict = {}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PG_ADMIN_URL, missing, pg_url
+from tests.conftest import missing, new_postgres_database
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
@@ -29,22 +29,7 @@ def free_port() -> int:
 
 def fresh_database(suffix: str) -> str:
     """A new, migrated database named after the test database, for one app."""
-    from sqlalchemy import create_engine, text
-
-    name = os.environ.get("POOLDESK_TEST_PG_DB", "pooldesk_test") + suffix
-    try:
-        admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        admin.dispose()
-    except Exception as exc:  # noqa: BLE001
-        missing(f"PostgreSQL not reachable: {type(exc).__name__}")
-    from core.db.migrate import migrate
-
-    url = pg_url(name)
-    migrate(url)
-    return url
+    return new_postgres_database(os.environ.get("POOLDESK_TEST_PG_DB", "pooldesk_test") + suffix)
 
 
 def create_user(env: dict, *, email: str, name: str, role: str, password: str | None) -> None:
