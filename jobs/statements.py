@@ -19,7 +19,7 @@ from core.services import audit
 from core.services.common import enqueue
 from core.services.context import Actor, require_role
 from jobs.runner import database, job
-from jobs.settings import Throttle
+from jobs.settings import Throttle, job_settings
 
 EVENT = "monthly_statement"  # the preference (in-app, email) it follows
 
@@ -99,7 +99,6 @@ def schedule_if_due(db: Database, *, today: date | None = None) -> int:
     scheduled, by this or by an admin, is not looked at again). Returns how many were queued."""
     from core.db.models import AuditEvent
     from core.services.users import system_actor
-    from jobs.settings import job_settings
 
     if not job_settings().monthly_statements or not LOOK.due(3600):
         return 0
