@@ -264,7 +264,7 @@ def _apply(session: Session, actor: Actor, pool: Pool, rows: _Rows, create_inves
                                   valuations=int((rows.kind == VALUATION).sum()),
                                   distributions=int((rows.kind == DISTRIBUTION).sum()), rows=int(rows.n))
         replay.run(writer)
-        writer.finish(replay.journal_batches, replay.valuations, replay.fees, replay.distributions)
+        writer.finish(replay.valuations, replay.fees, replay.distributions)
         replay.settle_holdings()
         writer.write_positions(*_position_rows(replay.holdings.values()))
         _update_pool(session, pool.id, replay, replay.last_flow)
@@ -328,7 +328,6 @@ class _SegmentReplay(_Replay):
         self.initial6 = iw.scaled(pool.initial_unit_price, 6)
         self.uo = iw.scaled(self.units_outstanding, 6)
         self.ta = iw.scaled(self.total_assets, 4)
-        self.journal_batches: list[iw.JournalBatch] = []
         self.last_flow: date | None = None
         self.max_day = None
 
@@ -417,7 +416,7 @@ class _SegmentReplay(_Replay):
             self.tx_base += len(self.transactions)
             self.transactions = []
         if self.journal:
-            self.journal_batches.append(iw.journal_batch_from_rows(self.journal))
+            self.writer.add_journal(iw.journal_batch_from_rows(self.journal))
             self.journal = []
 
     def _note_days(self, day: int) -> None:
@@ -524,7 +523,7 @@ class _SegmentReplay(_Replay):
         refs = np.arange(self.tx_base, self.tx_base + n, dtype=np.int64)
         self.tx_base += n
         self._note_days(int(day.max()))
-        self.journal_batches.append(iw.JournalBatch(
+        self.writer.add_journal(iw.JournalBatch(
             ref_kind=np.zeros(2 * n, dtype=np.uint8),
             ref=np.repeat(refs, 2),
             account=np.tile(np.array([iw.ACCOUNTS.index("pool"), iw.ACCOUNTS.index("investor")], dtype=np.uint8), n),

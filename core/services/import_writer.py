@@ -8,12 +8,13 @@ tables.
 
 On PostgreSQL the transactions are streamed with binary COPY from a background
 thread while the caller is still replaying, which keeps the server busy from the first
-replayed segment on. A first large load goes without the foreign keys and secondary
-indexes, which are put back (and checked) before the transaction ends (see
-``PostingWriter._enter_bulk``). Binary rows are assembled column-wise
-with numpy and pyarrow, never a Python object per field. Journal legs go last,
-sorted by (account, investor) so that their index is filled in order. On SQLite
-(one writer at a time anyway) the same batches go through executemany.
+replayed segment on. A first large load goes without the foreign keys of the transactions
+and the journal's primary key and secondary indexes, which are put back (and checked)
+before the transaction ends (see ``PostingWriter._enter_bulk``); its journal legs stream
+right behind the transactions they belong to. Otherwise the legs go last, sorted by
+investor so that the journal's index is filled in order. Binary rows are assembled
+column-wise with numpy and pyarrow, never a Python object per field. On SQLite (one
+writer at a time anyway) the same batches go through executemany.
 """
 from __future__ import annotations
 
@@ -37,21 +38,29 @@ ACCOUNTS = ("pool", "investor", "gain", "fee_expense", "fees_payable", "distribu
 REF_TX, REF_VAL, REF_DIST = 0, 1, 2
 NULL = np.iinfo(np.int64).min  # NULL in an int64 column
 BATCH_ROWS = 65536  # transactions per streamed COPY statement
+FIRST_BATCH_ROWS = 8192  # the first goes sooner, so that the server starts while the rest is replayed
 BULK_MIN_ROWS = 100_000  # a first load this large is written without foreign keys and indexes, then checked
 BULK_LOCK_TIMEOUT = "3s"
-# What a bulk load takes off and puts back: the foreign keys of transactions and the secondary (not
-# unique, not partial) indexes of transactions and the journal, each with the statement that recreates
-# it exactly. The partial index of open transactions stays: few imported rows are open, and its
-# predicate would come back rewritten.
+# What a bulk load takes off and puts back, each with the statement that recreates it exactly: the
+# foreign keys of transactions and those that refer to it (payments, payouts), the primary keys of
+# transactions and the journal, and the secondary (not unique) indexes of both. The partial index of
+# open transactions stays: few imported rows are open. Taken off in the order of the first column
+# (foreign keys before the keys they refer to), put back in the order of the second.
 _BULK_PLAN = """
-SELECT format('ALTER TABLE transactions DROP CONSTRAINT %I', conname),
-       format('ALTER TABLE transactions ADD CONSTRAINT %I %s', conname, pg_get_constraintdef(oid))
-  FROM pg_constraint WHERE conrelid = 'transactions'::regclass AND contype = 'f'
+SELECT 1, 2, format('ALTER TABLE %s DROP CONSTRAINT %I', conrelid::regclass, conname),
+       format('ALTER TABLE %s ADD CONSTRAINT %I %s', conrelid::regclass, conname, pg_get_constraintdef(oid))
+  FROM pg_constraint
+ WHERE contype = 'f' AND 'transactions'::regclass IN (conrelid, confrelid)
 UNION ALL
-SELECT format('DROP INDEX %s', i.indexrelid::regclass), pg_get_indexdef(i.indexrelid)
+SELECT 2, 1, format('ALTER TABLE %s DROP CONSTRAINT %I', conrelid::regclass, conname),
+       format('ALTER TABLE %s ADD CONSTRAINT %I %s', conrelid::regclass, conname, pg_get_constraintdef(oid))
+  FROM pg_constraint
+ WHERE contype = 'p' AND conrelid IN ('transactions'::regclass, 'journal_entries'::regclass)
+UNION ALL
+SELECT 3, 3, format('DROP INDEX %s', i.indexrelid::regclass), pg_get_indexdef(i.indexrelid)
   FROM pg_index i
- WHERE i.indrelid IN ('transactions'::regclass, 'journal_entries'::regclass) AND NOT i.indisunique
-   AND i.indpred IS NULL
+ WHERE NOT i.indisunique
+   AND (i.indrelid = 'journal_entries'::regclass OR (i.indrelid = 'transactions'::regclass AND i.indpred IS NULL))
 """
 
 _KIND = {k: i for i, k in enumerate(KINDS)}
@@ -257,6 +266,7 @@ class PostingWriter:
         self.postgres = self.connection.dialect.name == "postgresql"
         self.raw = self.connection.connection.driver_connection
         self.pool_id, self.actor_id, self.now = pool_id, actor_id, now
+        self.bulk = False  # see _enter_bulk
         self.val_ids = self._ids("valuations", valuations)
         self.dist_ids = self._ids("distributions", distributions)
         self.tx_ids: list[np.ndarray] = []
@@ -267,15 +277,26 @@ class PostingWriter:
         self._stopping = False
         self._pending: list[TxBatch] = []
         self._pending_rows = 0
+        self._journal: list[JournalBatch] = []  # legs written last, in index order
+        self._pending_journal: list[JournalBatch] = []  # a bulk load's legs, streamed behind their transactions
         self._restore: list[str] = []
         if self.postgres and rows >= BULK_MIN_ROWS:
             self._enter_bulk(rows)
+        self.bulk = bool(self._restore)
 
     # ids: PostgreSQL hands out sequence values (another writer may take some in between);
     # SQLite has one writer, so the next ids follow the largest.
     def _ids(self, table: str, count: int) -> np.ndarray:
         if not count:
             return np.empty(0, dtype=np.int64)
+        if self.postgres and self.bulk and table in ("transactions", "journal_entries"):
+            # During a bulk load no one else can take an id of these tables: every statement that does
+            # (an insert, or another import, which first locks its pool) waits for the locks the load
+            # holds. So a block is taken in one step instead of one nextval per row.
+            with self.raw.cursor() as cursor:
+                last = cursor.execute(f"SELECT setval('{table}_id_seq', nextval('{table}_id_seq') + %s - 1)",
+                                      (int(count),)).fetchone()[0]
+            return np.arange(last - count + 1, last + 1, dtype=np.int64)
         if self.postgres:
             with self.raw.cursor() as cursor:
                 cursor.execute(
@@ -315,12 +336,12 @@ class PostingWriter:
         try:
             with self.raw.transaction():  # a savepoint: given up as a whole when a lock is not had in time
                 with _local_setting(self.raw, "lock_timeout", BULK_LOCK_TIMEOUT), self.raw.cursor() as cursor:
-                    for drop, _ in plan:
+                    for _, _, drop, _ in sorted(plan):
                         cursor.execute(drop)
         except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected,
                 psycopg.errors.InsufficientPrivilege):  # busy, or a database user that does not own the tables
             return
-        self._restore = [create for _, create in plan]
+        self._restore = [create for _, _, _, create in sorted(plan, key=lambda step: (step[1], step[2]))]
 
     def _leave_bulk(self) -> None:
         if not self._restore:
@@ -338,23 +359,36 @@ class PostingWriter:
             return
         self._pending.append(batch)
         self._pending_rows += len(batch)
-        if self._pending_rows >= BATCH_ROWS:
+        if self._pending_rows >= (BATCH_ROWS if self.tx_count else FIRST_BATCH_ROWS):
             self._flush()
 
+    def add_journal(self, batch: JournalBatch) -> None:
+        """Queue legs, after the transactions they name. A bulk load streams them behind those
+        transactions (its indexes are rebuilt anyway); otherwise they are written last, in index order."""
+        if not len(batch):
+            return
+        (self._pending_journal if self.bulk else self._journal).append(batch)
+
     def _flush(self) -> None:
-        if not self._pending:
-            return
-        batch = concat_tx(self._pending)
-        self._pending, self._pending_rows = [], 0
-        self.tx_count += len(batch)
-        if not self.postgres:
-            self._write_tx(batch)
-            return
+        if self._pending:
+            batch = concat_tx(self._pending)
+            self._pending, self._pending_rows = [], 0
+            self.tx_count += len(batch)
+            if not self.postgres:
+                self._write_tx(batch)
+            else:
+                self._send(("tx", batch))
+        if self._pending_journal:  # every transaction these legs name has been sent before them
+            legs = concat_journal(self._pending_journal)
+            self._pending_journal = []
+            self._send(("journal", legs))
+
+    def _send(self, item) -> None:
         if self._thread is None:
             self._queue = queue.Queue(maxsize=4)
             self._thread = threading.Thread(target=self._stream, name="import-copy", daemon=True)
             self._thread.start()
-        self._put(batch)
+        self._put(item)
 
     def _put(self, item) -> None:
         while True:
@@ -369,10 +403,14 @@ class PostingWriter:
     def _stream(self) -> None:
         try:
             while True:
-                batch = self._queue.get()
-                if batch is None or self._stopping:
+                item = self._queue.get()
+                if item is None or self._stopping:
                     return
-                self._write_tx(batch)
+                kind, batch = item
+                if kind == "tx":
+                    self._write_tx(batch)
+                else:
+                    self._write_journal(batch, ordered=False)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
             self._error = exc
 
@@ -417,9 +455,9 @@ class PostingWriter:
 
     # --- everything else ------------------------------------------------------------------
 
-    def finish(self, journal: Sequence[JournalBatch], valuations: list[tuple], fees: list[tuple],
-               distributions: list[tuple]) -> None:
-        """Wait for the transactions, then write valuations, fees, distributions and journal legs.
+    def finish(self, valuations: list[tuple], fees: list[tuple], distributions: list[tuple]) -> None:
+        """Wait for the transactions (and a bulk load's legs), then write valuations, fees, distributions
+        and the remaining journal legs.
 
         valuations: (day, V, nav_before_fees, management_fee, performance_fee, nav, units, p, hwm, note);
         fees: (valuation index, kind, amount, day, basis);
@@ -441,14 +479,15 @@ class PostingWriter:
                   ((int(self.dist_ids[i]), self.pool_id, d, _num(total, m), _num(per_unit, u), _num(units, u),
                     _num(after, u), note, self.actor_id, self.now)
                    for i, (d, total, per_unit, units, after, note) in enumerate(distributions)))
-        batches = [b for b in journal if len(b)]
-        if batches:
-            self._write_journal(concat_journal(batches))
+        if self._journal:
+            self._write_journal(concat_journal(self._journal))
+            self._journal = []
         self._leave_bulk()
 
     def abort(self) -> None:
         """Stop streaming (the caller then rolls the rows back)."""
         self._pending, self._pending_rows = [], 0
+        self._journal, self._pending_journal = [], []
         self._stopping = True
         if self._thread is not None:
             while self._thread.is_alive():
@@ -471,7 +510,7 @@ class PostingWriter:
         if self._error is not None:
             raise self._error
 
-    def _write_journal(self, j: JournalBatch) -> None:
+    def _write_journal(self, j: JournalBatch, ordered: bool = True) -> None:
         tx_ids = _cat(self.tx_ids) if self.tx_ids else np.empty(0, dtype=np.int64)
         columns = {REF_TX: tx_ids, REF_VAL: self.val_ids, REF_DIST: self.dist_ids}
         refs = []
@@ -481,28 +520,31 @@ class PostingWriter:
             if mine.any():
                 out[mine] = columns[kind][j.ref[mine]]
             refs.append(out)
-        # Legs in (account, investor) order fill the journal's index from left to right.
-        order = np.lexsort((np.arange(len(j)), j.investor_id, j.account))
+        # Legs in investor order fill the journal's index from left to right (a bulk load rebuilds it).
+        order = np.lexsort((np.arange(len(j)), j.investor_id)) if ordered else None
         if self.postgres:
             now = _pg_micros(self.now)
             step = 262144
+            ids = self._ids("journal_entries", len(j)) if self.bulk else None  # else the column's default
 
             def parts() -> Iterable[pa.Buffer]:  # built while the server takes in the previous part
-                for start in range(0, len(order), step):
-                    o = order[start:start + step]
-                    yield _binary_rows(10, [
+                for start in range(0, len(j), step):
+                    o = order[start:start + step] if ordered else slice(start, start + step)
+                    given = [] if ids is None else [_fixed_cells(ids[start:start + step], 4)]
+                    yield _binary_rows(10 + len(given), given + [
                         _constant_cell(self.pool_id, 4), _fixed_cells(refs[0][o], 4), _fixed_cells(refs[1][o], 4),
                         _fixed_cells(refs[2][o], 4), _coded_cells(j.account[o], ACCOUNTS),
                         _fixed_cells(j.investor_id[o], 4), _fixed_cells(j.amount[o], 8), _fixed_cells(j.units[o], 8),
                         _fixed_cells(j.day[o].astype(np.int64) - _PG_DAYS, 4), _constant_cell(now, 8)])
 
-            self._copy_binary("journal_entries", JOURNAL_COLUMNS, parts())
+            self._copy_binary("journal_entries", (["id"] if self.bulk else []) + JOURNAL_COLUMNS, parts())
             return
         now = _sqlite_time(self.now)
         days = _iso_days(j.day)
         self._insert_many("journal_entries", JOURNAL_COLUMNS, (
             (self.pool_id, _int(refs[0][i]), _int(refs[1][i]), _int(refs[2][i]), ACCOUNTS[j.account[i]],
-             _int(j.investor_id[i]), int(j.amount[i]), int(j.units[i]), days[i], now) for i in order))
+             _int(j.investor_id[i]), int(j.amount[i]), int(j.units[i]), days[i], now)
+            for i in (order if ordered else range(len(j)))))
 
     def write_positions(self, new: list[tuple], changed: list[tuple]) -> None:
         """new: (investor_id, units, contributed, withdrawn, distributions, reinvest, opened_seq) as scaled ints;

@@ -385,14 +385,25 @@ def import_csv(db: Database, *, actor: Actor, pool_code: str, source: TextIO | I
         return result
 
 
+class _Lines:
+    """The text as the lines the csv reader would have been given, split only when iterated: the
+    columnar path, which takes most files, never needs them (a copy of a large file costs time)."""
+
+    def __init__(self, text: str, newline: str | None):
+        self.text, self.newline = text, newline
+
+    def __iter__(self):
+        return iter(io.StringIO(self.text, newline=self.newline))
+
+
 def _slurp(source: TextIO | Iterable[str] | str) -> tuple[str, Iterable[str]]:
     """The whole text, and the same text as the lines the csv reader would have been given."""
     if isinstance(source, str):
-        return source, io.StringIO(source)
+        return source, _Lines(source, "\n")
     if hasattr(source, "read"):
         text = source.read()
         # Iterating a file opened with newline="" (or translated newlines) splits lines like this.
-        return text, io.StringIO(text, newline="")
+        return text, _Lines(text, "")
     lines = list(source)
     return "".join(lines), lines
 
@@ -498,8 +509,9 @@ def _write(session: Session, actor: Actor, pool: Pool, replay: _Replay) -> None:
                                          rows=len(replay.transactions))
     if replay.transactions:
         writer.add_transactions(import_writer.tx_batch_from_rows(replay.transactions))
-    journal = [import_writer.journal_batch_from_rows(replay.journal)] if replay.journal else []
-    writer.finish(journal, replay.valuations, replay.fees, replay.distributions)
+    if replay.journal:
+        writer.add_journal(import_writer.journal_batch_from_rows(replay.journal))
+    writer.finish(replay.valuations, replay.fees, replay.distributions)
     writer.write_positions(*_position_rows(replay.holdings.values()))
     last_flow = max((t[7] for t in replay.transactions), default=None)
     _update_pool(session, pool.id, replay, last_flow)

@@ -233,8 +233,8 @@ def holders_on(session: Session, pool_id: int, record_date: date) -> list[tuple[
     """Units per investor from the journal up to the record date, in order of first holding."""
     rows = session.execute(
         select(JournalEntry.investor_id, func.sum(JournalEntry.units))
-        .where(JournalEntry.pool_id == pool_id, JournalEntry.account == "investor",
-               JournalEntry.effective_date <= record_date)
+        .where(JournalEntry.pool_id == pool_id, JournalEntry.investor_id.isnot(None),  # ix_journal_investor
+               JournalEntry.account == "investor", JournalEntry.effective_date <= record_date)
         .group_by(JournalEntry.investor_id)
     ).all()
     order = dict(session.execute(select(Position.investor_id, Position.opened_seq)

@@ -136,7 +136,10 @@ class JournalEntry(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
-Index("ix_journal_pool_account", JournalEntry.pool_id, JournalEntry.account, JournalEntry.investor_id)
+# Legs are looked up by holding (pool, investor); pool, gain and fee legs name no investor and stay out.
+_HOLDER = JournalEntry.investor_id.isnot(None)
+Index("ix_journal_investor", JournalEntry.pool_id, JournalEntry.investor_id, postgresql_where=_HOLDER,
+      sqlite_where=_HOLDER)
 
 
 class Valuation(Base):
