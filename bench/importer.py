@@ -8,6 +8,10 @@ On a local PostgreSQL it also prints the CPU seconds the import cost this proces
 backends of this database, read from /proc; null when not readable): the import is
 server-bound. The database is new, so the import is a first large load and goes in bulk
 (docs/import.md).
+
+The same work costs this machine's CPUs up to half as much again from one hour to the
+next, so ``reference_s`` times a fixed piece of server work (a fixed query, best of
+three) just before the import: compare runs by it.
 """
 from __future__ import annotations
 
@@ -79,6 +83,22 @@ def _server_cpu(url: str) -> float | None:
         engine.dispose()
 
 
+REFERENCE_QUERY = "SELECT count(*) FROM (SELECT g % 7 AS k FROM generate_series(1, 3000000) AS g ORDER BY k) AS s"
+
+
+def _reference_seconds(db) -> float:
+    """Best of three runs of a fixed sort on the server: how fast the machine is just now."""
+    from sqlalchemy import text
+
+    best = float("inf")
+    with db.engine.connect() as conn:
+        for _ in range(3):
+            started = time.perf_counter()
+            conn.execute(text(REFERENCE_QUERY)).scalar()
+            best = min(best, time.perf_counter() - started)
+    return best
+
+
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--rows", type=int, default=1_000_000)
@@ -107,6 +127,7 @@ def main() -> None:
         path = os.path.join(tmp, "history.csv")
         rows = write_csv(path, args.rows, emails, start)
         size = os.path.getsize(path)
+        reference = _reference_seconds(db) if db.engine.dialect.name == "postgresql" else None
         with db.read() as session:
             session.execute(text("SELECT 1"))  # the import's pooled connection is open before we count
         server_before = _server_cpu(url)
@@ -124,7 +145,7 @@ def main() -> None:
           "client_cpu_s": round(client_cpu, 2),
           "server_cpu_s": None if server_before is None or server_after is None
           else round(server_after - server_before, 2),
-          "target_rows_per_s": 100_000})
+          "reference_s": None if reference is None else round(reference, 3), "target_rows_per_s": 100_000})
 
 
 if __name__ == "__main__":

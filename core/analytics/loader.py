@@ -21,12 +21,13 @@ from datetime import date
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from core.db.models import ledger as ledger_models
 from core.db.session import Database
 
 # Journal accounts other than the investor's own legs, summed per pool: with the
 # investor and distribution legs they give the pool's total assets and fees
 # payable as of a date (every posting balances, so the pool leg is minus the rest).
-BALANCE_ACCOUNTS = ("gain", "fee_expense", "fees_payable")
+BALANCE_ACCOUNTS = ledger_models.BALANCE_ACCOUNTS  # read through ix_journal_balances
 
 
 @dataclass(frozen=True)

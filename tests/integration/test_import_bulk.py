@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import create_engine, func, select, text
 
 from bench.importer import write_csv
+from core.analytics.loader import BALANCE_ACCOUNTS
 from core.db.models import JournalEntry, Transaction
 from core.services import import_writer
 from core.services.importer import import_csv
@@ -81,6 +82,11 @@ def test_a_first_large_import_is_bulk_loaded_and_ends_with_every_constraint_and_
             "EXPLAIN SELECT count(*) FROM journal_entries WHERE pool_id = :p AND investor_id = :i"),
             {"p": pool.id, "i": manager.id}).scalars())
         assert "ix_journal_investor" in plan
+        accounts = ", ".join(f"'{a}'" for a in BALANCE_ACCOUNTS)  # the balances the pages read
+        plan = "\n".join(session.execute(text(
+            f"EXPLAIN SELECT pool_id, account, sum(amount) FROM journal_entries WHERE account IN ({accounts}) "
+            "AND pool_id = :p GROUP BY pool_id, account"), {"p": pool.id}).scalars())
+        assert "ix_journal_balances" in plan
     # the foreign keys are enforced again
     with pytest.raises(Exception, match="fk_transactions_investor_id_users"):
         with db.transaction() as session:

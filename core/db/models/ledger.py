@@ -18,7 +18,7 @@ from datetime import date, datetime
 from decimal import Decimal
 
 from sqlalchemy import (
-    JSON, Boolean, Date, ForeignKey, Index, Integer, String, Text, UniqueConstraint,
+    JSON, Boolean, Date, ForeignKey, Index, Integer, String, Text, UniqueConstraint, or_,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -140,6 +140,13 @@ class JournalEntry(Base):
 _HOLDER = JournalEntry.investor_id.isnot(None)
 Index("ix_journal_investor", JournalEntry.pool_id, JournalEntry.investor_id, postgresql_where=_HOLDER,
       sqlite_where=_HOLDER)
+# The pool-level balances the pages show: a few legs per valuation, found without reading every leg.
+BALANCE_ACCOUNTS = ("gain", "fee_expense", "fees_payable")
+# Written as equalities joined by OR: PostgreSQL prints that back as it was given (an IN list comes back
+# with other casts), so a bulk import puts back the same index; the planner matches an IN list to it.
+_BALANCE = or_(*(JournalEntry.account == account for account in BALANCE_ACCOUNTS))
+Index("ix_journal_balances", JournalEntry.pool_id, JournalEntry.account, postgresql_where=_BALANCE,
+      sqlite_where=_BALANCE)
 
 
 class Valuation(Base):
