@@ -264,9 +264,8 @@ def _apply(session: Session, actor: Actor, pool: Pool, rows: _Rows, create_inves
                                   valuations=int((rows.kind == VALUATION).sum()),
                                   distributions=int((rows.kind == DISTRIBUTION).sum()), rows=int(rows.n))
         replay.run(writer)
-        writer.finish(replay.valuations, replay.fees, replay.distributions)
         replay.settle_holdings()
-        writer.write_positions(*_position_rows(replay.holdings.values()))
+        writer.finish(replay.valuations, replay.fees, replay.distributions, _position_rows(replay.holdings.values()))
         _update_pool(session, pool.id, replay, replay.last_flow)
     except (_Decline, PooldeskError):
         if writer is not None:

@@ -42,26 +42,30 @@ FIRST_BATCH_ROWS = 8192  # the first goes sooner, so that the server starts whil
 BULK_MIN_ROWS = 100_000  # a first load this large is written without foreign keys and indexes, then checked
 BULK_LOCK_TIMEOUT = "3s"
 # What a bulk load takes off and puts back, each with the statement that recreates it exactly: the
-# foreign keys of transactions and those that refer to it (payments, payouts), the primary keys of
-# transactions and the journal, and the secondary (not unique) indexes of both. The partial index of
-# open transactions stays: few imported rows are open. Taken off in the order of the first column
-# (foreign keys before the keys they refer to), put back in the order of the second.
+# foreign keys of transactions and positions and those that refer to transactions (payments,
+# payouts; positions are written last, one per investor, and their checks cost a query each), the primary keys of
+# transactions and the journal, and the secondary (not unique) indexes of both, but for BULK_KEEP.
+# Taken off in the order of the first column (foreign keys before the keys they refer to), put back
+# in the order of the second. It runs with parameters, so %% stands for format()'s %.
 _BULK_PLAN = """
-SELECT 1, 2, format('ALTER TABLE %s DROP CONSTRAINT %I', conrelid::regclass, conname),
-       format('ALTER TABLE %s ADD CONSTRAINT %I %s', conrelid::regclass, conname, pg_get_constraintdef(oid))
+SELECT 1, 2, format('ALTER TABLE %%s DROP CONSTRAINT %%I', conrelid::regclass, conname),
+       format('ALTER TABLE %%s ADD CONSTRAINT %%I %%s', conrelid::regclass, conname, pg_get_constraintdef(oid))
   FROM pg_constraint
- WHERE contype = 'f' AND 'transactions'::regclass IN (conrelid, confrelid)
+ WHERE contype = 'f' AND ('transactions'::regclass IN (conrelid, confrelid) OR conrelid = 'positions'::regclass)
 UNION ALL
-SELECT 2, 1, format('ALTER TABLE %s DROP CONSTRAINT %I', conrelid::regclass, conname),
-       format('ALTER TABLE %s ADD CONSTRAINT %I %s', conrelid::regclass, conname, pg_get_constraintdef(oid))
+SELECT 2, 1, format('ALTER TABLE %%s DROP CONSTRAINT %%I', conrelid::regclass, conname),
+       format('ALTER TABLE %%s ADD CONSTRAINT %%I %%s', conrelid::regclass, conname, pg_get_constraintdef(oid))
   FROM pg_constraint
  WHERE contype = 'p' AND conrelid IN ('transactions'::regclass, 'journal_entries'::regclass)
 UNION ALL
-SELECT 3, 3, format('DROP INDEX %s', i.indexrelid::regclass), pg_get_indexdef(i.indexrelid)
-  FROM pg_index i
- WHERE NOT i.indisunique
-   AND (i.indrelid = 'journal_entries'::regclass OR (i.indrelid = 'transactions'::regclass AND i.indpred IS NULL))
+SELECT 3, 3, format('DROP INDEX %%s', i.indexrelid::regclass), pg_get_indexdef(i.indexrelid)
+  FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+ WHERE NOT i.indisunique AND i.indrelid IN ('transactions'::regclass, 'journal_entries'::regclass)
+   AND c.relname <> ALL (%(keep)s)
 """
+# Partial indexes that take few imported rows (open transactions; valuations' gain and fee legs):
+# keeping them up to date costs less than the scan that would rebuild them.
+BULK_KEEP = ("ix_transactions_open", "ix_journal_balances")
 
 _KIND = {k: i for i, k in enumerate(KINDS)}
 _STATUS = {s: i for i, s in enumerate(STATUSES)}
@@ -332,7 +336,7 @@ class PostingWriter:
                 "LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid WHERE c.oid = 'transactions'::regclass").fetchone()[0]
             if rows <= held:
                 return  # rebuilding would cost the whole table: cheaper to keep the indexes up to date
-            plan = cursor.execute(_BULK_PLAN).fetchall()
+            plan = cursor.execute(_BULK_PLAN, {"keep": list(BULK_KEEP)}).fetchall()
         try:
             with self.raw.transaction():  # a savepoint: given up as a whole when a lock is not had in time
                 with _local_setting(self.raw, "lock_timeout", BULK_LOCK_TIMEOUT), self.raw.cursor() as cursor:
@@ -455,9 +459,11 @@ class PostingWriter:
 
     # --- everything else ------------------------------------------------------------------
 
-    def finish(self, valuations: list[tuple], fees: list[tuple], distributions: list[tuple]) -> None:
-        """Wait for the transactions (and a bulk load's legs), then write valuations, fees, distributions
-        and the remaining journal legs.
+    def finish(self, valuations: list[tuple], fees: list[tuple], distributions: list[tuple],
+               positions: tuple[list[tuple], list[tuple]]) -> None:
+        """Wait for the transactions (and a bulk load's legs), then write valuations, fees, distributions,
+        the remaining journal legs and the positions (see ``_write_positions``); a bulk load then puts its
+        keys and indexes back.
 
         valuations: (day, V, nav_before_fees, management_fee, performance_fee, nav, units, p, hwm, note);
         fees: (valuation index, kind, amount, day, basis);
@@ -482,6 +488,7 @@ class PostingWriter:
         if self._journal:
             self._write_journal(concat_journal(self._journal))
             self._journal = []
+        self._write_positions(*positions)
         self._leave_bulk()
 
     def abort(self) -> None:
@@ -546,7 +553,7 @@ class PostingWriter:
              _int(j.investor_id[i]), int(j.amount[i]), int(j.units[i]), days[i], now)
             for i in (order if ordered else range(len(j)))))
 
-    def write_positions(self, new: list[tuple], changed: list[tuple]) -> None:
+    def _write_positions(self, new: list[tuple], changed: list[tuple]) -> None:
         """new: (investor_id, units, contributed, withdrawn, distributions, reinvest, opened_seq) as scaled ints;
         changed: (investor_id, units, contributed, withdrawn, distributions) for positions held before."""
         self.rows("positions", ["pool_id", "investor_id", "units", "contributed", "withdrawn", "distributions",

@@ -511,8 +511,7 @@ def _write(session: Session, actor: Actor, pool: Pool, replay: _Replay) -> None:
         writer.add_transactions(import_writer.tx_batch_from_rows(replay.transactions))
     if replay.journal:
         writer.add_journal(import_writer.journal_batch_from_rows(replay.journal))
-    writer.finish(replay.valuations, replay.fees, replay.distributions)
-    writer.write_positions(*_position_rows(replay.holdings.values()))
+    writer.finish(replay.valuations, replay.fees, replay.distributions, _position_rows(replay.holdings.values()))
     last_flow = max((t[7] for t in replay.transactions), default=None)
     _update_pool(session, pool.id, replay, last_flow)
 

@@ -20,7 +20,8 @@ START = date.today() - timedelta(days=400)
 
 SCHEMA = """
 SELECT 'fk ' || conname || ' ' || pg_get_constraintdef(oid) FROM pg_constraint
- WHERE conrelid IN ('transactions'::regclass, 'journal_entries'::regclass) OR confrelid = 'transactions'::regclass
+ WHERE conrelid IN ('transactions'::regclass, 'journal_entries'::regclass, 'positions'::regclass)
+    OR confrelid = 'transactions'::regclass
 UNION ALL
 SELECT 'ix ' || indexname || ' ' || indexdef FROM pg_indexes WHERE tablename IN ('transactions', 'journal_entries')
 ORDER BY 1
