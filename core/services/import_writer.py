@@ -284,6 +284,7 @@ class PostingWriter:
         self._journal: list[JournalBatch] = []  # legs written last, in index order
         self._pending_journal: list[JournalBatch] = []  # a bulk load's legs, streamed behind their transactions
         self._restore: list[str] = []
+        self._defaulted: dict[str, set[str]] = {}  # table: columns sent as defaults (a bulk load)
         if self.postgres and rows >= BULK_MIN_ROWS:
             self._enter_bulk(rows)
         self.bulk = bool(self._restore)
@@ -342,10 +343,51 @@ class PostingWriter:
                 with _local_setting(self.raw, "lock_timeout", BULK_LOCK_TIMEOUT), self.raw.cursor() as cursor:
                     for _, _, drop, _ in sorted(plan):
                         cursor.execute(drop)
+                    defaults = self._set_defaults(cursor)
         except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected,
                 psycopg.errors.InsufficientPrivilege):  # busy, or a database user that does not own the tables
             return
-        self._restore = [create for _, _, _, create in sorted(plan, key=lambda step: (step[1], step[2]))]
+        self._restore = defaults + [create for _, _, _, create in sorted(plan, key=lambda step: (step[1], step[2]))]
+
+    def _constants(self, table: str) -> dict[str, tuple[object, pa.Scalar]]:
+        """The columns that hold the same value in every row this import writes to ``table``:
+        (value, its binary COPY cell)."""
+        now = _constant_cell(_pg_micros(self.now), 8)
+        same = {"pool_id": (self.pool_id, _constant_cell(self.pool_id, 4)), "created_at": (self.now, now)}
+        if table == "transactions":
+            same.update({"source": ("import", _text_cell("import")), "payment_received_at": (self.now, now),
+                         "created_by": (self.actor_id, _constant_cell(self.actor_id, 4)),
+                         "version": (1, _constant_cell(1, 4))})
+        return same
+
+    def _set_defaults(self, cursor) -> list[str]:
+        """For the load, the columns every row shares become column defaults and are left out of the
+        COPY: the server then takes no field per row for them (a time stamp costs it most). Returns
+        the statements that put the defaults back as they were."""
+        from psycopg import sql
+
+        restore = []
+        for table in ("transactions", "journal_entries"):
+            constants = self._constants(table)
+            before = dict(cursor.execute(
+                "SELECT a.attname, pg_get_expr(d.adbin, d.adrelid) FROM pg_attribute a "
+                "LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
+                "WHERE a.attrelid = %s::regclass AND a.attname = ANY(%s)", (table, list(constants))).fetchall())
+            cursor.execute(sql.SQL("ALTER TABLE {} {}").format(sql.Identifier(table), sql.SQL(", ").join(
+                sql.SQL("ALTER COLUMN {} SET DEFAULT {}").format(sql.Identifier(column), sql.Literal(value))
+                for column, (value, _) in constants.items())))
+            restore.append(sql.SQL("ALTER TABLE {} {}").format(sql.Identifier(table), sql.SQL(", ").join(
+                sql.SQL("ALTER COLUMN {} DROP DEFAULT").format(sql.Identifier(column)) if before[column] is None
+                else sql.SQL("ALTER COLUMN {} SET DEFAULT {}").format(sql.Identifier(column), sql.SQL(before[column]))
+                for column in constants)).as_string(self.raw))
+            self._defaulted[table] = set(constants)
+        return restore
+
+    def _copy_columns(self, table: str) -> list[str]:
+        """The columns a COPY sends: a bulk load gives the journal's ids itself and leaves out the
+        columns it made defaults of."""
+        columns = TX_COLUMNS if table == "transactions" else (["id"] if self.bulk else []) + JOURNAL_COLUMNS
+        return [c for c in columns if c not in self._defaulted.get(table, ())]
 
     def _leave_bulk(self) -> None:
         if not self._restore:
@@ -422,7 +464,7 @@ class PostingWriter:
         ids = self._ids("transactions", len(batch))
         self.tx_ids.append(ids)
         if self.postgres:
-            self._copy_binary("transactions", TX_COLUMNS, [self._tx_rows(batch, ids)])
+            self._copy_binary("transactions", self._copy_columns("transactions"), [self._tx_rows(batch, ids)])
         else:
             self._insert_many("transactions", TX_COLUMNS, self._tx_tuples(batch, ids))
 
@@ -434,17 +476,17 @@ class PostingWriter:
         return out
 
     def _tx_rows(self, b: TxBatch, ids: np.ndarray) -> pa.Buffer:
-        now = _pg_micros(self.now)
-        settled_at = np.where(b.settled, now, NULL)
-        return _binary_rows(18, [
-            _fixed_cells(ids, 4), _constant_cell(self.pool_id, 4), _fixed_cells(b.investor_id, 4),
-            _coded_cells(b.kind, KINDS), _coded_cells(b.status, STATUSES),
-            _fixed_cells(b.amount, 8), _fixed_cells(b.units, 8), _fixed_cells(b.price, 8),
-            _coded_cells(b.mode, MODES), _fixed_cells(b.day.astype(np.int64) - _PG_DAYS, 4),
-            _text_cell("import"), _constant_cell(now, 8), _fixed_cells(self._dist_id(b.dist_ref), 4),
-            _string_cells(b.note), _constant_cell(self.actor_id, 4), _constant_cell(now, 8),
-            _fixed_cells(settled_at, 8), _constant_cell(1, 4),
-        ])
+        cells = {column: cell for column, (_, cell) in self._constants("transactions").items()}
+        cells.update({
+            "id": _fixed_cells(ids, 4), "investor_id": _fixed_cells(b.investor_id, 4),
+            "kind": _coded_cells(b.kind, KINDS), "status": _coded_cells(b.status, STATUSES),
+            "amount": _fixed_cells(b.amount, 8), "units": _fixed_cells(b.units, 8), "price": _fixed_cells(b.price, 8),
+            "withdrawal_mode": _coded_cells(b.mode, MODES),
+            "effective_date": _fixed_cells(b.day.astype(np.int64) - _PG_DAYS, 4),
+            "distribution_id": _fixed_cells(self._dist_id(b.dist_ref), 4), "note": _string_cells(b.note),
+            "settled_at": _fixed_cells(np.where(b.settled, _pg_micros(self.now), NULL), 8)})
+        columns = self._copy_columns("transactions")
+        return _binary_rows(len(columns), [cells[column] for column in columns])
 
     def _tx_tuples(self, b: TxBatch, ids: np.ndarray) -> Iterable[tuple]:
         now = _sqlite_time(self.now)
@@ -530,21 +572,26 @@ class PostingWriter:
         # Legs in investor order fill the journal's index from left to right (a bulk load rebuilds it).
         order = np.lexsort((np.arange(len(j)), j.investor_id)) if ordered else None
         if self.postgres:
-            now = _pg_micros(self.now)
             step = 262144
             ids = self._ids("journal_entries", len(j)) if self.bulk else None  # else the column's default
+            columns = self._copy_columns("journal_entries")
+            constants = {column: cell for column, (_, cell) in self._constants("journal_entries").items()}
 
             def parts() -> Iterable[pa.Buffer]:  # built while the server takes in the previous part
                 for start in range(0, len(j), step):
                     o = order[start:start + step] if ordered else slice(start, start + step)
-                    given = [] if ids is None else [_fixed_cells(ids[start:start + step], 4)]
-                    yield _binary_rows(10 + len(given), given + [
-                        _constant_cell(self.pool_id, 4), _fixed_cells(refs[0][o], 4), _fixed_cells(refs[1][o], 4),
-                        _fixed_cells(refs[2][o], 4), _coded_cells(j.account[o], ACCOUNTS),
-                        _fixed_cells(j.investor_id[o], 4), _fixed_cells(j.amount[o], 8), _fixed_cells(j.units[o], 8),
-                        _fixed_cells(j.day[o].astype(np.int64) - _PG_DAYS, 4), _constant_cell(now, 8)])
+                    cells = dict(constants)
+                    cells.update({
+                        "transaction_id": _fixed_cells(refs[0][o], 4), "valuation_id": _fixed_cells(refs[1][o], 4),
+                        "distribution_id": _fixed_cells(refs[2][o], 4), "account": _coded_cells(j.account[o], ACCOUNTS),
+                        "investor_id": _fixed_cells(j.investor_id[o], 4), "amount": _fixed_cells(j.amount[o], 8),
+                        "units": _fixed_cells(j.units[o], 8),
+                        "effective_date": _fixed_cells(j.day[o].astype(np.int64) - _PG_DAYS, 4)})
+                    if ids is not None:
+                        cells["id"] = _fixed_cells(ids[start:start + step], 4)
+                    yield _binary_rows(len(columns), [cells[column] for column in columns])
 
-            self._copy_binary("journal_entries", (["id"] if self.bulk else []) + JOURNAL_COLUMNS, parts())
+            self._copy_binary("journal_entries", columns, parts())
             return
         now = _sqlite_time(self.now)
         days = _iso_days(j.day)

@@ -24,6 +24,10 @@ SELECT 'fk ' || conname || ' ' || pg_get_constraintdef(oid) FROM pg_constraint
     OR confrelid = 'transactions'::regclass
 UNION ALL
 SELECT 'ix ' || indexname || ' ' || indexdef FROM pg_indexes WHERE tablename IN ('transactions', 'journal_entries')
+UNION ALL
+SELECT 'df ' || a.attrelid::regclass || '.' || a.attname || ' ' || coalesce(pg_get_expr(d.adbin, d.adrelid), '-')
+  FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+ WHERE a.attrelid IN ('transactions'::regclass, 'journal_entries'::regclass) AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY 1
 """
 
@@ -156,8 +160,10 @@ def test_an_import_smaller_than_the_ledger_keeps_the_indexes_up_to_date(history,
 
 
 POSTED = """
-SELECT t.kind, t.status, t.investor_id, t.amount, t.units, t.price, t.effective_date,
-       j.account, j.investor_id, j.amount, j.units, j.effective_date
+SELECT t.kind, t.status, t.investor_id, t.amount, t.units, t.price, t.effective_date, t.note, t.source,
+       t.created_by, t.version, t.payment_received_at = t.created_at, t.settled_at = t.created_at,
+       t.created_at > now() - interval '1 hour',
+       j.account, j.investor_id, j.amount, j.units, j.effective_date, j.created_at = t.created_at
   FROM journal_entries j JOIN transactions t ON t.id = j.transaction_id JOIN pools p ON p.id = t.pool_id
  WHERE p.code = :code AND j.pool_id = p.id
  ORDER BY t.id, j.account
