@@ -41,10 +41,11 @@ BATCH_ROWS = 65536  # transactions per streamed COPY statement
 FIRST_BATCH_ROWS = 8192  # the first goes sooner, so that the server starts while the rest is replayed
 BULK_MIN_ROWS = 100_000  # a first load this large is written without foreign keys and indexes, then checked
 BULK_LOCK_TIMEOUT = "3s"
-# What a bulk load takes off and puts back, each with the statement that recreates it exactly: the
-# foreign keys of transactions and positions and those that refer to transactions (payments,
-# payouts; positions are written last, one per investor, and their checks cost a query each), the primary keys of
-# transactions and the journal, and the secondary (not unique) indexes of both, but for BULK_KEEP.
+# What a bulk load takes off and puts back, each with the statement that recreates it exactly:
+# - the foreign keys of transactions, those that refer to it (payments, payouts), and those of
+#   positions (one row per investor, each check a query of its own);
+# - the primary keys of transactions and the journal;
+# - the secondary (not unique) indexes of both, but for BULK_KEEP.
 # Taken off in the order of the first column (foreign keys before the keys they refer to), put back
 # in the order of the second. It runs with parameters, so %% stands for format()'s %.
 _BULK_PLAN = """
@@ -321,14 +322,14 @@ class PostingWriter:
 
     def _enter_bulk(self, rows: int) -> None:
         """A first large load (at least BULK_MIN_ROWS rows, more than the ledger holds already) is
-        written without the foreign keys of ``transactions`` and the secondary indexes of it and the
-        journal; ``_leave_bulk`` puts them back, exactly as they were, in this same transaction.
-        Adding a foreign key checks every row, so nothing is taken on trust. Until the commit no one
-        else can read or write these tables, nor ``users`` and ``pools`` (taking a foreign key off
-        locks the table it points at too): others wait for the import instead of seeing a ledger
-        without its constraints, which is why this is kept to a first load. When the
-        tables are busy (a lock not had within BULK_LOCK_TIMEOUT), or the database user does not own
-        them, the import goes row by row."""
+        written without the keys and indexes of ``_BULK_PLAN``, and with the columns every row shares
+        as column defaults; ``_leave_bulk`` puts all of it back, exactly as it was, in this same
+        transaction. Adding a key checks every row, so nothing is taken on trust. Until the commit no
+        one else can read or write these tables, nor ``payments``, ``distribution_payouts``, ``users``
+        and ``pools`` (taking a foreign key off locks the table at its other end too): others wait for
+        the import instead of seeing a ledger without its constraints, which is why this is kept to a
+        first load. When the tables are busy (a lock not had within BULK_LOCK_TIMEOUT), or the
+        database user does not own them, the import goes row by row."""
         import psycopg
 
         with self.raw.cursor() as cursor:
@@ -343,10 +344,11 @@ class PostingWriter:
                 with _local_setting(self.raw, "lock_timeout", BULK_LOCK_TIMEOUT), self.raw.cursor() as cursor:
                     for _, _, drop, _ in sorted(plan):
                         cursor.execute(drop)
-                    defaults = self._set_defaults(cursor)
+                    defaults, defaulted = self._set_defaults(cursor)
         except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected,
                 psycopg.errors.InsufficientPrivilege):  # busy, or a database user that does not own the tables
             return
+        self._defaulted = defaulted
         self._restore = defaults + [create for _, _, _, create in sorted(plan, key=lambda step: (step[1], step[2]))]
 
     def _constants(self, table: str) -> dict[str, tuple[object, pa.Scalar]]:
@@ -360,13 +362,13 @@ class PostingWriter:
                          "version": (1, _constant_cell(1, 4))})
         return same
 
-    def _set_defaults(self, cursor) -> list[str]:
+    def _set_defaults(self, cursor) -> tuple[list[str], dict[str, set[str]]]:
         """For the load, the columns every row shares become column defaults and are left out of the
         COPY: the server then takes no field per row for them (a time stamp costs it most). Returns
-        the statements that put the defaults back as they were."""
+        the statements that put the defaults back as they were, and the columns per table."""
         from psycopg import sql
 
-        restore = []
+        restore, defaulted = [], {}
         for table in ("transactions", "journal_entries"):
             constants = self._constants(table)
             before = dict(cursor.execute(
@@ -380,8 +382,8 @@ class PostingWriter:
                 sql.SQL("ALTER COLUMN {} DROP DEFAULT").format(sql.Identifier(column)) if before[column] is None
                 else sql.SQL("ALTER COLUMN {} SET DEFAULT {}").format(sql.Identifier(column), sql.SQL(before[column]))
                 for column in constants)).as_string(self.raw))
-            self._defaulted[table] = set(constants)
-        return restore
+            defaulted[table] = set(constants)
+        return restore, defaulted
 
     def _copy_columns(self, table: str) -> list[str]:
         """The columns a COPY sends: a bulk load gives the journal's ids itself and leaves out the
