@@ -8,10 +8,10 @@ tables.
 
 On PostgreSQL the transactions are streamed with binary COPY from a background
 thread while the caller is still replaying, which keeps the server busy from the first
-replayed segment on. A first large load goes without the foreign keys of the transactions
-and the journal's primary key and secondary indexes, which are put back (and checked)
-before the transaction ends (see ``PostingWriter._enter_bulk``); its journal legs stream
-right behind the transactions they belong to. Otherwise the legs go last, sorted by
+replayed segment on. A first large load goes without the keys and indexes of
+``_BULK_PLAN``, which are put back (and checked) before the transaction ends (see
+``PostingWriter._enter_bulk``); its journal legs stream right behind the transactions
+they belong to. Otherwise the legs go last, sorted by
 investor so that the journal's index is filled in order. Binary rows are assembled
 column-wise with numpy and pyarrow, never a Python object per field. On SQLite (one
 writer at a time anyway) the same batches go through executemany.
