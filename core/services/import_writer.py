@@ -41,6 +41,7 @@ BATCH_ROWS = 65536  # transactions per streamed COPY statement
 FIRST_BATCH_ROWS = 8192  # the first goes sooner, so that the server starts while the rest is replayed
 BULK_MIN_ROWS = 100_000  # a first load this large is written without foreign keys and indexes, then checked
 BULK_LOCK_TIMEOUT = "3s"
+ID_BLOCK = 65536  # ids a bulk load takes at a time when it needs more than it expected
 # What a bulk load takes off and puts back, each with the statement that recreates it exactly:
 # - the foreign keys of transactions, those that refer to it (payments, payouts), and those of
 #   positions (one row per investor, each check a query of its own);
@@ -272,6 +273,7 @@ class PostingWriter:
         self.raw = self.connection.connection.driver_connection
         self.pool_id, self.actor_id, self.now = pool_id, actor_id, now
         self.bulk = False  # see _enter_bulk
+        self._block: dict[str, list[int]] = {}  # table: [next, end) of the ids a bulk load has taken
         self.val_ids = self._ids("valuations", valuations)
         self.dist_ids = self._ids("distributions", distributions)
         self.tx_ids: list[np.ndarray] = []
@@ -295,14 +297,8 @@ class PostingWriter:
     def _ids(self, table: str, count: int) -> np.ndarray:
         if not count:
             return np.empty(0, dtype=np.int64)
-        if self.postgres and self.bulk and table in ("transactions", "journal_entries"):
-            # During a bulk load no one else can take an id of these tables: every statement that does
-            # (an insert, or another import, which first locks its pool) waits for the locks the load
-            # holds. So a block is taken in one step instead of one nextval per row.
-            with self.raw.cursor() as cursor:
-                last = cursor.execute(f"SELECT setval('{table}_id_seq', nextval('{table}_id_seq') + %s - 1)",
-                                      (int(count),)).fetchone()[0]
-            return np.arange(last - count + 1, last + 1, dtype=np.int64)
+        if table in self._block:
+            return self._take(table, count)
         if self.postgres:
             with self.raw.cursor() as cursor:
                 cursor.execute(
@@ -350,6 +346,31 @@ class PostingWriter:
             return
         self._defaulted = defaulted
         self._restore = defaults + [create for _, _, _, create in sorted(plan, key=lambda step: (step[1], step[2]))]
+        self._block = {table: self._reserve(table, count) for table, count in self._expected_ids(rows).items()}
+
+    @staticmethod
+    def _expected_ids(rows: int) -> dict[str, int]:
+        """Ids a file of ``rows`` rows usually needs: a transaction and two legs a row."""
+        return {"transactions": rows + 1024, "journal_entries": 2 * rows + 1024}
+
+    # Ids in a bulk load: no one else can take an id of the transactions or the journal while the load
+    # holds its locks (every statement that does, an insert or another import, which first locks its
+    # pool, waits for them). So they are taken in blocks, one setval each, and the writer numbers its
+    # rows itself, which lets it build them before the connection is free. The ids left unused go back
+    # to the sequences at the end.
+    def _reserve(self, table: str, count: int) -> list[int]:
+        with self.raw.cursor() as cursor:
+            last = cursor.execute(f"SELECT setval('{table}_id_seq', nextval('{table}_id_seq') + %s - 1)",
+                                  (int(count),)).fetchone()[0]
+        return [last - count + 1, last + 1]
+
+    def _take(self, table: str, count: int) -> np.ndarray:
+        start, end = self._block[table]
+        if end - start < count:  # more rows than expected (a distribution to many holders): take another block
+            self._join()  # the connection is the stream's until it has written what it was given
+            start, end = self._reserve(table, max(count, ID_BLOCK))
+        self._block[table] = [start + count, end]
+        return np.arange(start, start + count, dtype=np.int64)
 
     def _constants(self, table: str) -> dict[str, tuple[object, pa.Scalar]]:
         """The columns that hold the same value in every row this import writes to ``table``:
@@ -394,6 +415,10 @@ class PostingWriter:
     def _leave_bulk(self) -> None:
         if not self._restore:
             return
+        with self.raw.cursor() as cursor:
+            for table, (unused, _) in self._block.items():  # the next id is the first one not used
+                cursor.execute(f"SELECT setval('{table}_id_seq', %s, false)", (int(unused),))
+        self._block = {}
         with _local_setting(self.raw, "maintenance_work_mem", "256MB"), self.raw.cursor() as cursor:
             for statement in self._restore:
                 cursor.execute(statement)
@@ -424,12 +449,16 @@ class PostingWriter:
             self.tx_count += len(batch)
             if not self.postgres:
                 self._write_tx(batch)
+            elif self.bulk:  # numbered and built here, so the stream only writes
+                ids = self._ids("transactions", len(batch))
+                self.tx_ids.append(ids)
+                self._send(("copy", "transactions", [self._tx_rows(batch, ids)]))
             else:
                 self._send(("tx", batch))
-        if self._pending_journal:  # every transaction these legs name has been sent before them
+        if self._pending_journal:  # every transaction these legs name has been numbered before them
             legs = concat_journal(self._pending_journal)
             self._pending_journal = []
-            self._send(("journal", legs))
+            self._send(("copy", "journal_entries", list(self._journal_parts(legs, ordered=False))))
 
     def _send(self, item) -> None:
         if self._thread is None:
@@ -454,11 +483,11 @@ class PostingWriter:
                 item = self._queue.get()
                 if item is None or self._stopping:
                     return
-                kind, batch = item
-                if kind == "tx":
-                    self._write_tx(batch)
+                if item[0] == "tx":
+                    self._write_tx(item[1])
                 else:
-                    self._write_journal(batch, ordered=False)
+                    _, table, parts = item
+                    self._copy_binary(table, self._copy_columns(table), parts)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
             self._error = exc
 
@@ -561,7 +590,8 @@ class PostingWriter:
         if self._error is not None:
             raise self._error
 
-    def _write_journal(self, j: JournalBatch, ordered: bool = True) -> None:
+    def _journal_refs(self, j: JournalBatch) -> list[np.ndarray]:
+        """The transaction, valuation and distribution id of each leg (NULL where it names another)."""
         tx_ids = _cat(self.tx_ids) if self.tx_ids else np.empty(0, dtype=np.int64)
         columns = {REF_TX: tx_ids, REF_VAL: self.val_ids, REF_DIST: self.dist_ids}
         refs = []
@@ -571,36 +601,42 @@ class PostingWriter:
             if mine.any():
                 out[mine] = columns[kind][j.ref[mine]]
             refs.append(out)
-        # Legs in investor order fill the journal's index from left to right (a bulk load rebuilds it).
-        order = np.lexsort((np.arange(len(j)), j.investor_id)) if ordered else None
-        if self.postgres:
-            step = 262144
-            ids = self._ids("journal_entries", len(j)) if self.bulk else None  # else the column's default
-            columns = self._copy_columns("journal_entries")
-            constants = {column: cell for column, (_, cell) in self._constants("journal_entries").items()}
+        return refs
 
-            def parts() -> Iterable[pa.Buffer]:  # built while the server takes in the previous part
-                for start in range(0, len(j), step):
-                    o = order[start:start + step] if ordered else slice(start, start + step)
-                    cells = dict(constants)
-                    cells.update({
-                        "transaction_id": _fixed_cells(refs[0][o], 4), "valuation_id": _fixed_cells(refs[1][o], 4),
-                        "distribution_id": _fixed_cells(refs[2][o], 4), "account": _coded_cells(j.account[o], ACCOUNTS),
-                        "investor_id": _fixed_cells(j.investor_id[o], 4), "amount": _fixed_cells(j.amount[o], 8),
-                        "units": _fixed_cells(j.units[o], 8),
-                        "effective_date": _fixed_cells(j.day[o].astype(np.int64) - _PG_DAYS, 4)})
-                    if ids is not None:
-                        cells["id"] = _fixed_cells(ids[start:start + step], 4)
-                    yield _binary_rows(len(columns), [cells[column] for column in columns])
+    def _journal_parts(self, j: JournalBatch, ordered: bool) -> Iterable[pa.Buffer]:
+        """Binary COPY rows of the legs, a part at a time. A bulk load numbers them itself; otherwise
+        the column's default does."""
+        refs = self._journal_refs(j)
+        order = _investor_order(j) if ordered else None
+        ids = self._ids("journal_entries", len(j)) if self.bulk else None
+        columns = self._copy_columns("journal_entries")
+        constants = {column: cell for column, (_, cell) in self._constants("journal_entries").items()}
+        step = 262144
+        for start in range(0, len(j), step):
+            o = order[start:start + step] if ordered else slice(start, start + step)
+            cells = dict(constants)
+            cells.update({
+                "transaction_id": _fixed_cells(refs[0][o], 4), "valuation_id": _fixed_cells(refs[1][o], 4),
+                "distribution_id": _fixed_cells(refs[2][o], 4), "account": _coded_cells(j.account[o], ACCOUNTS),
+                "investor_id": _fixed_cells(j.investor_id[o], 4), "amount": _fixed_cells(j.amount[o], 8),
+                "units": _fixed_cells(j.units[o], 8),
+                "effective_date": _fixed_cells(j.day[o].astype(np.int64) - _PG_DAYS, 4)})
+            if ids is not None:
+                cells["id"] = _fixed_cells(ids[start:start + step], 4)
+            yield _binary_rows(len(columns), [cells[column] for column in columns])
 
-            self._copy_binary("journal_entries", columns, parts())
+    def _write_journal(self, j: JournalBatch) -> None:
+        """Legs written last (not a bulk load), in investor order."""
+        if self.postgres:  # each part built while the server takes in the previous one
+            self._copy_binary("journal_entries", self._copy_columns("journal_entries"), self._journal_parts(j, True))
             return
+        refs = self._journal_refs(j)
+        order = _investor_order(j)
         now = _sqlite_time(self.now)
         days = _iso_days(j.day)
         self._insert_many("journal_entries", JOURNAL_COLUMNS, (
             (self.pool_id, _int(refs[0][i]), _int(refs[1][i]), _int(refs[2][i]), ACCOUNTS[j.account[i]],
-             _int(j.investor_id[i]), int(j.amount[i]), int(j.units[i]), days[i], now)
-            for i in (order if ordered else range(len(j)))))
+             _int(j.investor_id[i]), int(j.amount[i]), int(j.units[i]), days[i], now) for i in order))
 
     def _write_positions(self, new: list[tuple], changed: list[tuple]) -> None:
         """new: (investor_id, units, contributed, withdrawn, distributions, reinvest, opened_seq) as scaled ints;
@@ -663,6 +699,11 @@ class PostingWriter:
         if batch:
             cursor.executemany(sql, batch)
         cursor.close()
+
+
+def _investor_order(j: JournalBatch) -> np.ndarray:
+    """Legs in investor order fill the journal's index from left to right."""
+    return np.lexsort((np.arange(len(j)), j.investor_id))
 
 
 def _int(value) -> int | None:

@@ -111,10 +111,14 @@ def test_an_import_that_fails_after_dropping_them_puts_nothing_in_and_takes_noth
     db, manager, _, csv_text, _ = history
     before = schema(db)
 
-    def broken(self, journal, ordered=True):
-        raise RuntimeError("disk full")
+    copy = import_writer.PostingWriter._copy_binary
 
-    monkeypatch.setattr(import_writer.PostingWriter, "_write_journal", broken)
+    def broken(self, table, columns, parts):  # the server refuses the journal's legs, in the stream
+        if table == "journal_entries":
+            raise RuntimeError("disk full")
+        return copy(self, table, columns, parts)
+
+    monkeypatch.setattr(import_writer.PostingWriter, "_copy_binary", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         import_csv(db, actor=manager, pool_code="BULK", source=csv_text)
     assert schema(db) == before
@@ -170,11 +174,19 @@ SELECT t.kind, t.status, t.investor_id, t.amount, t.units, t.price, t.effective_
 """
 
 
-@pytest.mark.parametrize("pricing", ["latest", "forward"])  # the columnar replay, and the reference replay
-def test_a_bulk_load_posts_exactly_what_a_row_by_row_load_posts(history, bulk_steps, monkeypatch, pricing):
+@pytest.mark.parametrize("pricing, blocks", [
+    ("latest", "one"),  # the columnar replay
+    ("forward", "one"),  # the reference replay
+    ("latest", "many"),  # ids run out again and again, and more are taken
+])
+def test_a_bulk_load_posts_exactly_what_a_row_by_row_load_posts(history, bulk_steps, monkeypatch, pricing, blocks):
     """In bulk the journal legs stream behind their transactions under ids taken in blocks; each leg
     must still name its own transaction."""
     db, manager, pool, csv_text, _ = history
+    if blocks == "many":
+        monkeypatch.setattr(import_writer.PostingWriter, "_expected_ids",
+                            staticmethod(lambda rows: {"transactions": 100, "journal_entries": 100}))
+        monkeypatch.setattr(import_writer, "ID_BLOCK", 500)
     if pricing == "forward":  # flows wait for the next valuation: keep it to contributions, which always can
         pool = make_pool(db, manager, code="FORWARD", inception=START, pricing_policy="forward")
         csv_text = "".join(line for line in csv_text.splitlines(keepends=True) if ",withdrawal," not in line)
@@ -194,6 +206,9 @@ def test_a_bulk_load_posts_exactly_what_a_row_by_row_load_posts(history, bulk_st
     assert len(bulk) == 2 * (result.contributions + result.withdrawals) and bulk == row_by_row
     assert len(every[0]) == result.contributions + result.withdrawals + result.pending and every[0] == every[1]
     assert ids[0] == ids[1]  # no id taken twice
+    with db.transaction() as session:  # and the ids a bulk load did not use went back to the sequences
+        for table in ("transactions", "journal_entries"):
+            assert session.scalar(text(f"SELECT nextval('{table}_id_seq') = (SELECT max(id) + 1 FROM {table})"))
     assert reconcile(db) == []
 
 
