@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import bcrypt
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 
 from core.config import get_settings
-from core.db.models import User, utcnow
+from core.db.models import PoolManager, User, utcnow
 from core.db.session import Database
 from core.domain.errors import AuthenticationError, NotFound, PermissionDenied, ValidationError
 from core.services import audit
@@ -21,6 +21,7 @@ PHONE_RE = re.compile(r"^\+[1-9]\d{6,14}$")
 MIN_PASSWORD = 10
 # bcrypt work factor: 12 in production; tests and demo data set POOLDESK_BCRYPT_ROUNDS lower.
 _BCRYPT_ROUNDS_ENV = "POOLDESK_BCRYPT_ROUNDS"
+MANAGING_ROLES = ("manager", "admin")
 
 
 @dataclass(frozen=True)
@@ -193,7 +194,15 @@ def change_role(db: Database, *, actor: Actor, user_id: int, role: str, expected
         before = user.role
         bump_version(session, User, {"id": user_id}, expected_version, "This user", role=role)
         session.refresh(user)
-        audit.record(session, actor, "user.change_role", "user", user_id, {"role": before}, {"role": role})
+        # Only managers and admins manage pools: an assignment left behind would still let the user post
+        # flows where a check reads pool_managers (the one-trip posting in the database does).
+        after: dict = {"role": role}
+        if role not in MANAGING_ROLES:
+            dropped = sorted(session.scalars(select(PoolManager.pool_id).where(PoolManager.user_id == user_id)))
+            if dropped:
+                session.execute(delete(PoolManager).where(PoolManager.user_id == user_id))
+                after["removed_as_manager_of_pools"] = dropped
+        audit.record(session, actor, "user.change_role", "user", user_id, {"role": before}, after)
         return _view(user)
 
 
