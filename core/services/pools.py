@@ -8,9 +8,9 @@ from decimal import Decimal
 
 from sqlalchemy import delete, func, or_, select
 
-from core.db.models import Pool, PoolManager, Position, Transaction, User
+from core.db.models import Invitation, Pool, PoolManager, Position, Transaction, User
 from core.db.session import Database
-from core.domain.errors import NotFound, ValidationError
+from core.domain.errors import NotFound, PermissionDenied, ValidationError
 from core.domain.money import minor_units, parse_amount, parse_price, to_decimal
 from core.services import audit
 from core.services.common import bump_version, lock_pool
@@ -55,6 +55,35 @@ def pool_view(pool: Pool, manager_ids: tuple[int, ...] = ()) -> PoolView:
         pool.inception_date, pool.units_outstanding, pool.total_assets, pool.fees_payable, pool.nav_per_unit,
         pool.high_water_mark, pool.last_valuation_date, pool.ledger_version, pool.version, manager_ids,
     )
+
+
+@dataclass(frozen=True)
+class PoolSummary:
+    """What every investor may see of an open pool they neither hold units in nor were invited to:
+    its terms, enough to decide whether to ask to join. No total assets, units, fees payable, unit
+    value or managers: those tell outsiders how big the pool is and who runs it."""
+
+    id: int
+    code: str
+    name: str
+    currency: str
+    strategy: str
+    status: str
+    pricing_policy: str
+    minimum_contribution: Decimal
+    management_fee_bps: int
+    performance_fee_rate: Decimal
+    inception_date: date
+
+    @property
+    def open_for_contributions(self) -> bool:
+        return self.status == "open"
+
+
+def pool_summary(pool: Pool) -> PoolSummary:
+    return PoolSummary(pool.id, pool.code, pool.name, pool.currency, pool.strategy, pool.status, pool.pricing_policy,
+                       pool.minimum_contribution, pool.management_fee_bps, pool.performance_fee_rate,
+                       pool.inception_date)
 
 
 @dataclass(frozen=True)
@@ -193,48 +222,71 @@ def set_pool_status(db: Database, *, actor: Actor, pool_id: int, status: str, ex
         return pool_view(pool, _managers(session, pool_id))
 
 
-def get_pool(db: Database, *, actor: Actor, pool_id: int | None = None, code: str | None = None) -> PoolView:
-    """Admins and analysts see every pool; managers their own; investors pools they hold or may join."""
+def get_pool(db: Database, *, actor: Actor, pool_id: int | None = None,
+             code: str | None = None) -> PoolView | PoolSummary:
+    """Admins and analysts see every pool; managers their own. An investor sees the figures of a pool they
+    hold units in (or held, or were invited to), and only the terms (a ``PoolSummary``) of any other open pool."""
     with db.read() as session:
         query = select(Pool)
         query = query.where(Pool.id == pool_id) if pool_id is not None else query.where(Pool.code == (code or "").upper())
         pool = session.scalar(query)
         if pool is None:
             raise NotFound(f"No pool {code or pool_id}.")
+        if actor.role == "investor":
+            insider = _investor_insider_pools(session, actor, [pool.id])
+            if pool.id in insider and pool.status != "draft":
+                return pool_view(pool)
+            if pool.status == "open":
+                return pool_summary(pool)
+            raise PermissionDenied("You do not hold units in this pool.")
         _require_visible(session, actor, pool)
         return pool_view(pool, _managers(session, pool.id))
 
 
-def _require_visible(session, actor: Actor, pool: Pool) -> None:
-    from core.domain.errors import PermissionDenied
+def _investor_insider_pools(session, actor: Actor, pool_ids: list[int] | None = None) -> set[int]:
+    """The pools whose figures an investor may see: those they have (or had) a position in, and those
+    they were invited to (the invitation names the pool)."""
+    held = select(Position.pool_id).where(Position.investor_id == actor.id)
+    invited = select(Invitation.pool_id).where(Invitation.email == actor.email, Invitation.pool_id.is_not(None))
+    if pool_ids is not None:
+        held = held.where(Position.pool_id.in_(pool_ids))
+        invited = invited.where(Invitation.pool_id.in_(pool_ids))
+    return set(session.scalars(held)) | set(session.scalars(invited))
 
+
+def _require_visible(session, actor: Actor, pool: Pool) -> None:
+    """Managers see the pools they manage; admins and analysts every pool."""
     if actor.role in ("admin", "analyst"):
         return
     if actor.role == "manager":
         if manages_pool(session, actor, pool.id):
             return
         raise PermissionDenied("You are not a manager of this pool.")
-    if pool.status == "open":
-        return
-    held = session.scalar(select(Position.units).where(Position.pool_id == pool.id, Position.investor_id == actor.id))
-    if held is None:
-        raise PermissionDenied("You do not hold units in this pool.")
+    raise PermissionDenied(f"{'An' if actor.role[:1] in 'aeiou' else 'A'} {actor.role} may not see pools.")
 
 
-def list_pools(db: Database, *, actor: Actor, search: str = "", status: str | None = None) -> list[PoolView]:
+def list_pools(db: Database, *, actor: Actor, search: str = "",
+               status: str | None = None) -> list[PoolView | PoolSummary]:
+    """The pools ``actor`` may see, by code; for an investor, a ``PoolSummary`` for each open pool whose
+    figures are not theirs to see (see ``get_pool``)."""
     with db.read() as session:
         query = select(Pool).order_by(Pool.code)
+        insider: set[int] = set()
         if actor.role == "manager":
             query = query.join(PoolManager, PoolManager.pool_id == Pool.id).where(PoolManager.user_id == actor.id)
         elif actor.role == "investor":
-            held = select(Position.pool_id).where(Position.investor_id == actor.id)
-            query = query.where(or_(Pool.status == "open", Pool.id.in_(held)))
+            insider = _investor_insider_pools(session, actor)
+            query = query.where(or_(Pool.status == "open", Pool.id.in_(insider) & (Pool.status != "draft")))
+        elif actor.role not in ("admin", "analyst"):
+            return []
         if status:
             query = query.where(Pool.status == status)
         if search:
             like = f"%{search.strip().lower()}%"
             query = query.where(or_(func.lower(Pool.code).like(like), func.lower(Pool.name).like(like)))
         pools = list(session.scalars(query))
+        if actor.role == "investor":
+            return [pool_view(p) if p.id in insider else pool_summary(p) for p in pools]
         managers: dict[int, list[int]] = {}
         for pool_id, user_id in session.execute(select(PoolManager.pool_id, PoolManager.user_id)):
             managers.setdefault(pool_id, []).append(user_id)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
+from decimal import Decimal
 from typing import Callable
 
 import pytest
@@ -254,3 +255,61 @@ def test_an_idempotency_key_cannot_replay_someone_elses_result(db):
                                        investor_id=world.investor.id, amount="10.00", key="my-key",
                                        effective_date=DAY)
     assert (again.id, again.replayed) == (mine.id, True)
+
+
+FIGURES = ("units_outstanding", "total_assets", "fees_payable", "nav_per_unit", "high_water_mark", "manager_ids")
+
+
+def test_what_each_role_sees_of_a_pool(db):
+    """An investor sees a pool's figures only where they hold units or were invited; of any other open
+    pool only its terms. Managers of other pools see nothing of it."""
+    from core.services import auth
+
+    world = build(db)  # the investor holds 10 units of world.pool (100.00 in)
+    a = world.actors
+    invited = auth.invite_user(db, actor=a["manager"], email="invited@example.com", name="Ina", role="investor",
+                               pool_id=world.pool.id)
+    a["invited_investor"] = auth.accept_invitation(db, token=invited.link.split("invite=")[1],
+                                                   password="a-long-password")
+    seen: dict[str, object] = {}
+    for role, actor in a.items():
+        try:
+            seen[role] = pools.get_pool(db, actor=actor, pool_id=world.pool.id)
+        except PermissionDenied:
+            seen[role] = "denied"
+        listed = {p.code: p for p in pools.list_pools(db, actor=actor)}
+        if seen[role] == "denied":
+            assert world.pool.code not in listed, role
+        else:  # the list shows what get_pool shows
+            assert listed[world.pool.code] == seen[role], role
+
+    for role in ("admin", "manager", "analyst"):
+        assert seen[role].total_assets == Decimal("100.00"), role
+        assert seen[role].units_outstanding == Decimal("10.000000"), role
+        assert seen[role].manager_ids == (a["manager"].id,), role
+    assert seen["other_manager"] == "denied"
+    for role in ("investor", "invited_investor"):  # their pool: the figures, but not who manages it
+        view = seen[role]
+        assert (view.total_assets, view.units_outstanding, view.nav_per_unit) == (
+            Decimal("100.00"), Decimal("10.000000"), Decimal("10.000000")), role
+        assert view.manager_ids == (), role
+    public = seen["other_investor"]  # an open pool they have nothing to do with: the terms only
+    assert isinstance(public, pools.PoolSummary)
+    assert (public.code, public.name, public.currency, public.open_for_contributions) == (
+        world.pool.code, "Test pool", "USD", True)
+    assert (public.minimum_contribution, public.management_fee_bps, public.performance_fee_rate) == (
+        Decimal("0"), 0, Decimal("0"))
+    for name in FIGURES:
+        assert not hasattr(public, name), name
+    # once they hold units, the figures are theirs to see
+    ledger.record_contribution(db, actor=world.sys, pool_id=world.pool.id, investor_id=a["other_investor"].id,
+                               amount="50.00", key=None, effective_date=DAY, payment="received")
+    assert pools.get_pool(db, actor=a["other_investor"], pool_id=world.pool.id).total_assets == Decimal("150.00")
+    # a closed pool is gone for outsiders, kept for its holders
+    closed = pools.set_pool_status(db, actor=a["admin"], pool_id=world.pool.id, status="closed",
+                                   expected_version=pools.get_pool(db, actor=a["admin"], pool_id=world.pool.id).version)
+    outsider = make_user(db, "investor")
+    with pytest.raises(PermissionDenied, match="You do not hold units in this pool."):
+        pools.get_pool(db, actor=outsider, pool_id=closed.id)
+    assert closed.code not in {p.code for p in pools.list_pools(db, actor=outsider)}
+    assert pools.get_pool(db, actor=a["investor"], pool_id=closed.id).units_outstanding == Decimal("15.000000")
