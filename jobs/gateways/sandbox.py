@@ -14,6 +14,10 @@ anything else          success
 =====================  ===========================================================
 
 Each call also waits POOLDESK_SANDBOX_LATENCY_MS to feel like a network call.
+
+The outcome is decided from the number given to the call; the books keep only what a
+real gateway shows back: the brand and the last four digits (``visa ending 4242``,
+``account ending 5555``), never the full card or account number.
 """
 from __future__ import annotations
 
@@ -38,6 +42,32 @@ DECLINE_REASON = "Your card was declined."
 
 def _normalise(account: str | None) -> str:
     return "".join(ch for ch in (account or "") if ch.isalnum())[:40]
+
+
+def card_brand(number: str) -> str:
+    """The card network of a card number by its leading digits, "card" when not known, "account" when
+    the number is not a card number at all (an IBAN or a bank account)."""
+    if not (number.isdigit() and 12 <= len(number) <= 19):
+        return "account"
+    if number.startswith("4"):
+        return "visa"
+    if number[:2] in ("34", "37"):
+        return "amex"
+    if 51 <= int(number[:2]) <= 55 or 2221 <= int(number[:4]) <= 2720:
+        return "mastercard"
+    if number.startswith(("6011", "65")) or 644 <= int(number[:3]) <= 649:
+        return "discover"
+    return "card"
+
+
+def masked(account: str) -> str:
+    """What the sandbox's books keep of a card or account number: its brand and last four digits."""
+    account = _normalise(account)
+    if not account:
+        return ""
+    if len(account) <= 8:  # too short for its last four not to give most of it away
+        return card_brand(account)
+    return f"{card_brand(account)} ending {account[-4:]}"
 
 
 def _result(row: SandboxCharge) -> GatewayResult:
@@ -106,7 +136,7 @@ class SandboxGateway:
             else:
                 status, reason = "succeeded", None
             if row is None:
-                row = SandboxCharge(idempotency_key=key, kind=kind, account=account, amount=amount, currency=currency,
+                row = SandboxCharge(idempotency_key=key, kind=kind, account=masked(account), amount=amount, currency=currency,
                                     status=status, failure_reason=reason, calls=calls)
                 session.add(row)
                 session.flush()

@@ -130,3 +130,51 @@ def test_withdrawal_is_paid_out_and_units_redeemed(db, jobs_running, smtp_server
     mail = wait_for(lambda: [m for m in smtp_server.to(investor.email) if "withdrawal" in m["Subject"]],
                     what="the payout email")
     assert mail[0]["Subject"] == "Your withdrawal of USD 400.00 from Test pool is paid"
+
+
+def _tables_holding(db, secrets: tuple[str, ...]) -> list[str]:
+    """Every table.column whose stored text (any column, read raw) contains one of ``secrets``."""
+    from sqlalchemy import text
+
+    from core.db.models import Base
+
+    found = []
+    with db.read() as session:
+        for table in Base.metadata.sorted_tables:
+            result = session.execute(text(f'SELECT * FROM "{table.name}"'))
+            columns = list(result.keys())
+            for row in result:
+                for column, value in zip(columns, row):
+                    stored = "" if value is None else str(value)
+                    found += [f"{table.name}.{column}" for s in secrets if s in stored]
+    return sorted(set(found))
+
+
+def test_the_sandbox_keeps_only_brand_and_last_four_digits(db, jobs_running, smtp_server):
+    card, iban = sandbox.SUCCESS, "GB33BUKB20201555555555"
+    manager, investor, pool = _setup(db, "4242 4242 4242 4242")  # typed with spaces, as people do
+    jobs_running.start()
+    tx = ledger.record_contribution(db, actor=manager, pool_id=pool.id, investor_id=investor.id, amount="1000.00",
+                                    key="mask-in")
+    assert _final(db, tx.id).status == "settled"
+    from core.services import users
+
+    me = users.get_user(db, actor=investor, user_id=investor.id)
+    users.update_profile(db, actor=investor, user_id=investor.id, expected_version=me.version, name=me.name,
+                         bank_account=iban)
+    out = ledger.record_withdrawal(db, actor=manager, pool_id=pool.id, investor_id=investor.id, amount="100.00",
+                                   key="mask-out")
+    assert _final(db, out.id).status == "settled"
+    with db.read() as session:
+        books = sorted((c.kind, c.account) for c in session.scalars(select(SandboxCharge)))
+    assert books == [("charge", "visa ending 4242"), ("payout", "account ending 5555")]
+    # no table keeps the full number, nor its first twelve digits, anywhere
+    assert _tables_holding(db, (card, card[:12], "4242 4242 4242 4242", iban, iban[4:])) == []
+
+
+def test_brands_and_masks():
+    assert [sandbox.masked(n) for n in ("4000000000000002", "5555555555554444", "378282246310005",
+                                        "6011111111111117", "2223003122003222", "9999888877776666",
+                                        "DE89 3704 0044 0532 0130 00", "1234", "")] == [
+        "visa ending 0002", "mastercard ending 4444", "amex ending 0005", "discover ending 1117",
+        "mastercard ending 3222", "card ending 6666", "account ending 3000", "account", ""]
