@@ -51,7 +51,8 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except (PooldeskError, ConfigurationError) as exc:
-            click.echo(f"Error: {getattr(exc, 'message', str(exc))}", err=True)
+            for line in getattr(exc, "message", str(exc)).splitlines():  # a settings refusal: a line per problem
+                click.echo(f"Error: {line}", err=True)
             ctx.exit(1)
 
 
@@ -211,6 +212,14 @@ def audit_verify():
         return
     click.echo(f"Audit log broken: {result.problem}.", err=True)
     sys.exit(1)
+
+
+@cli.command("new-key")
+def new_key():
+    """Print a new encryption key, to put first in POOLDESK_ENCRYPTION_KEYS."""
+    from cryptography.fernet import Fernet
+
+    click.echo(Fernet.generate_key().decode())
 
 
 @cli.command("rotate-keys")

@@ -16,7 +16,7 @@ from app import auth
 from app.components.forms import show_flashes
 from app.db import get_db
 from app.navigation import PAGES_DIR, existing_pages, pages_for
-from core.config import get_settings
+from core.config import ConfigurationError, get_settings
 from core.services import notifications
 
 st.set_page_config(page_title="Pooldesk", page_icon=":material/savings:", layout="wide")
@@ -56,6 +56,12 @@ def notification_bell(actor) -> None:
 
 
 def main() -> None:
+    try:
+        get_settings()
+    except ConfigurationError as exc:  # production refuses unsafe settings: say which, one line each
+        for line in str(exc).splitlines():
+            st.error(line)
+        st.stop()
     db = get_db()
     _start_background_jobs(db.url)
     actor = auth.current_actor(db) or auth.actor_from_cookie(db) or auth.sign_in_with_sso(db)

@@ -3,8 +3,10 @@
 Everything comes from environment variables prefixed ``POOLDESK_`` (or a ``.env``
 file). With nothing set, Pooldesk runs on its embedded defaults: a SQLite file and
 an in-process job dispatcher under ``data/``. The per-install secret is generated
-on first use and kept in ``data/secret.key`` with owner-only permissions; in
-production mode a missing secret stops start-up instead.
+on first use and kept in ``data/secret.key`` with owner-only permissions. In production
+mode start-up stops, with one line per problem, unless the secret is long enough, the
+encryption keys are given (never derived from the secret), the database is PostgreSQL
+and a real payment gateway is chosen.
 """
 from __future__ import annotations
 
@@ -20,6 +22,10 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+MIN_SECRET_LENGTH = 32
+NEW_KEY_HINT = "make one with `pooldesk new-key`"
 
 
 class ConfigurationError(RuntimeError):
@@ -74,22 +80,42 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _require_secrets_in_production(self) -> "Settings":
-        if self.env == "production":
-            missing = [
-                name
-                for name, value in (
-                    ("POOLDESK_SECRET_KEY", self.secret_key),
-                    ("POOLDESK_DATABASE_URL", self.database_url or None),
-                )
-                if not value
-            ]
-            if self.payment_gateway == "stripe" and not self.stripe_api_key:
-                missing.append("POOLDESK_STRIPE_API_KEY")
-            if missing:
-                raise ConfigurationError(
-                    "Production mode needs these settings, which are missing: " + ", ".join(missing)
-                )
+    def _refuse_unsafe_production(self) -> "Settings":
+        """Production starts only with what keeps money and personal data safe; each problem is one line."""
+        key_problem = self.fernet_key_problem()
+        if self.env != "production":
+            if key_problem:  # a malformed key stops start-up in every mode
+                raise ConfigurationError(key_problem)
+            return self
+        problems = [key_problem] if key_problem else []
+        secret = self.secret_key.get_secret_value() if self.secret_key is not None else ""
+        if not secret:
+            problems.append(f"POOLDESK_SECRET_KEY is missing: set a random secret of at least {MIN_SECRET_LENGTH} "
+                            "characters.")
+        elif len(secret) < MIN_SECRET_LENGTH:
+            problems.append(f"POOLDESK_SECRET_KEY is {len(secret)} characters long: production needs at least "
+                            f"{MIN_SECRET_LENGTH}.")
+        if not self.fernet_keys_given():
+            problems.append("POOLDESK_ENCRYPTION_KEYS is missing: production does not derive the encryption key "
+                            "from the secret; set one or more Fernet keys (" + NEW_KEY_HINT + ").")
+        if not self.database_url:
+            problems.append("POOLDESK_DATABASE_URL is missing: production needs PostgreSQL (postgresql+psycopg://...).")
+        elif self.database_url.startswith("sqlite"):
+            problems.append("POOLDESK_DATABASE_URL is a SQLite database: production needs PostgreSQL "
+                            "(postgresql+psycopg://...).")
+        elif not self.database_url.startswith("postgresql"):
+            problems.append("POOLDESK_DATABASE_URL is not a PostgreSQL URL: production needs PostgreSQL "
+                            "(postgresql+psycopg://...).")
+        if "payment_gateway" not in self.model_fields_set:
+            problems.append("POOLDESK_PAYMENT_GATEWAY is not set: production must name its gateway (stripe); "
+                            "the sandbox is for development and tests.")
+        elif self.payment_gateway == "sandbox":
+            problems.append("POOLDESK_PAYMENT_GATEWAY is sandbox: the sandbox gateway moves no money and is for "
+                            "development and tests; production needs stripe.")
+        elif self.payment_gateway == "stripe" and not self.stripe_api_key:
+            problems.append("POOLDESK_STRIPE_API_KEY is missing: the stripe gateway needs it.")
+        if problems:
+            raise ConfigurationError("\n".join(problems))
         return self
 
     # Derived values -----------------------------------------------------------------
@@ -121,9 +147,31 @@ class Settings(BaseSettings):
             raise ConfigurationError("POOLDESK_SECRET_KEY is required in production mode")
         return _load_or_create_secret(self.data_dir / "secret.key")
 
+    def fernet_keys_given(self) -> list[bytes]:
+        """The keys of POOLDESK_ENCRYPTION_KEYS, in order (the first encrypts)."""
+        if self.encryption_keys is None:
+            return []
+        return [k.strip().encode() for k in self.encryption_keys.get_secret_value().split(",") if k.strip()]
+
+    def fernet_key_problem(self) -> str | None:
+        """What is wrong with POOLDESK_ENCRYPTION_KEYS, in one line, or None."""
+        from cryptography.fernet import Fernet
+
+        keys = self.fernet_keys_given()
+        for position, key in enumerate(keys, start=1):
+            try:
+                Fernet(key)
+            except (ValueError, TypeError):
+                return (f"POOLDESK_ENCRYPTION_KEYS: key {position} of {len(keys)} is not a valid Fernet key "
+                        f"(32 bytes in url-safe base64, 44 characters; {NEW_KEY_HINT}).")
+        return None
+
     def fernet_keys(self) -> list[bytes]:
-        if self.encryption_keys is not None:
-            return [k.strip().encode() for k in self.encryption_keys.get_secret_value().split(",") if k.strip()]
+        keys = self.fernet_keys_given()
+        if keys:
+            return keys
+        if self.env == "production":  # never derived from the secret: a leaked secret would open every field
+            raise ConfigurationError("POOLDESK_ENCRYPTION_KEYS is required in production mode.")
         return [_derive_fernet_key(self.secret())]
 
 
