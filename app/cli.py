@@ -215,21 +215,33 @@ def audit_verify():
 
 
 @cli.command("new-key")
-def new_key():
+@click.option("--from-secret", is_flag=True,
+              help="Print instead the key derived from the install secret, which encrypted the data of an "
+                   "installation run without POOLDESK_ENCRYPTION_KEYS (put it after the new key, then rotate-keys).")
+def new_key(from_secret):
     """Print a new encryption key, to put first in POOLDESK_ENCRYPTION_KEYS."""
     from cryptography.fernet import Fernet
 
+    if from_secret:
+        from core.config import Settings, _derive_fernet_key
+
+        # the settings as they were before explicit keys: production's checks do not apply to this
+        click.echo(_derive_fernet_key(Settings(env="development", encryption_keys=None).secret()).decode())
+        return
     click.echo(Fernet.generate_key().decode())
 
 
 @cli.command("rotate-keys")
 @click.pass_context
 def rotate_keys(ctx):
-    """Re-encrypt personal fields under the first key of POOLDESK_ENCRYPTION_KEYS (then old keys can go)."""
-    from core.services.users import rotate_encryption
+    """Re-encrypt every encrypted field under the first key of POOLDESK_ENCRYPTION_KEYS (then old keys can go)."""
+    from core.services.keys import rotate_encryption
 
-    changed = rotate_encryption(_db(), actor=_actor(ctx.obj["as"]))
-    click.echo(f"Re-encrypted the personal fields of {changed} user(s) under the current key.")
+    report = rotate_encryption(_db(), actor=_actor(ctx.obj["as"]))
+    for table, rows in report.rows_reencrypted.items():
+        click.echo(f"{table}: {rows} of {report.rows_checked[table]} row(s) re-encrypted")
+    click.echo(f"Re-encrypted {report.total} row(s) under the first key of POOLDESK_ENCRYPTION_KEYS; "
+               "once no other process uses the old keys, remove them.")
 
 
 @cli.command("seed-demo")

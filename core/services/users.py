@@ -288,26 +288,3 @@ def authenticate(db: Database, *, email: str, password: str, now: datetime | Non
             audit.record(session, None, "user.locked", "user", user.id, None,
                          {"locked_until": user.locked_until.isoformat()})
     raise AuthenticationError(GENERIC_LOGIN_ERROR)
-
-
-def rotate_encryption(db: Database, *, actor: Actor) -> int:
-    """Re-encrypt every stored phone number and bank account under the first key of
-    POOLDESK_ENCRYPTION_KEYS, so older keys can then be removed. Returns how many users changed."""
-    from sqlalchemy import text
-
-    from core.crypto import rotate
-
-    require_role(actor, "admin", action="rotate encryption keys")
-    changed = 0
-    with db.transaction() as session:
-        rows = session.execute(text("SELECT id, phone, bank_account FROM users "
-                                    "WHERE phone IS NOT NULL OR bank_account IS NOT NULL")).all()
-        for user_id, phone, bank_account in rows:
-            new_phone = rotate(phone) if phone else None
-            new_bank = rotate(bank_account) if bank_account else None
-            if (new_phone, new_bank) != (phone, bank_account):
-                session.execute(text("UPDATE users SET phone = :p, bank_account = :b WHERE id = :id"),
-                                {"p": new_phone, "b": new_bank, "id": user_id})
-                changed += 1
-        audit.record(session, actor, "users.rotate_encryption", "users", "*", None, {"users": changed})
-    return changed

@@ -1,4 +1,5 @@
-"""Phone numbers and bank accounts are encrypted at rest, with rotatable keys.
+"""Personal fields (phones, bank accounts, delivery addresses, webhook secrets) are encrypted at rest, with
+rotatable keys.
 
 A raw SELECT shows only Fernet tokens; the model gives the plaintext back; with
 MultiFernet a new key put first encrypts new writes while old rows still read.
@@ -107,25 +108,128 @@ def test_default_key_comes_from_the_install_secret(db, monkeypatch):
         users.get_user(db, actor=investor, user_id=investor.id)
 
 
-def test_rotate_keys_command_lets_the_old_key_go(db, monkeypatch):
+def _encrypted_snapshot(db) -> dict[str, list[tuple]]:
+    """Every encrypted column of every table, as stored (ciphertext)."""
+    from core.services.keys import encrypted_columns
+
+    with db.read() as session:
+        return {t.name: [tuple(r) for r in session.execute(text(
+            f'SELECT {", ".join(c.name for c in cols)} FROM "{t.name}" ORDER BY 1'))]
+            for t, cols in encrypted_columns().items()}
+
+
+def _read_everything(db) -> dict[str, list[tuple]]:
+    """Every encrypted column of every table, through the column type (decrypted): fails if one cannot be read."""
+    from sqlalchemy import select
+
+    from core.services.keys import encrypted_columns
+
+    with db.read() as session:
+        return {t.name: [tuple(r) for r in session.execute(select(*cols).order_by(*t.primary_key.columns))]
+                for t, cols in encrypted_columns().items()}
+
+
+def _rotate(*args):
     from click.testing import CliRunner
 
     from app.cli import cli
 
-    old, new = Fernet.generate_key(), Fernet.generate_key()
+    return CliRunner().invoke(cli, ["rotate-keys", *args])
+
+
+def _world(db, monkeypatch, old, new):
+    """Users, email/SMS deliveries and a webhook endpoint written under ``old``; one more user under ``new``."""
+    from core.db.models import Delivery
+    from core.services import operations
+    from tests.factories import system
+
     use_keys(monkeypatch, old)
     investor = make_user(db, "investor")
     save_profile(db, investor)
-    bystander = make_user(db, "investor")  # nothing to re-encrypt for this one
+    bystander = make_user(db, "investor")  # nothing encrypted for this one
+    with db.transaction() as session:
+        session.add_all([Delivery(key="d1", channel="email", event="invitation", to_address="ann@example.com"),
+                         Delivery(key="d2", channel="sms", event="large_flow", to_address=PHONE)])
+    operations.create_endpoint(db, actor=system(db), url="https://hooks.example.com/pooldesk",
+                               events=["contribution_settled"], secret="whsec_old-key-secret-123")
     use_keys(monkeypatch, new, old)
-    result = CliRunner().invoke(cli, ["rotate-keys"], catch_exceptions=False)
+    already = make_user(db, "investor", phone="+14155550100")  # written under the new key: nothing to do
+    return investor, bystander, already
+
+
+def test_rotate_keys_re_encrypts_every_encrypted_column_and_the_old_key_can_go(db, monkeypatch):
+    old, new = Fernet.generate_key(), Fernet.generate_key()
+    investor, bystander, already = _world(db, monkeypatch, old, new)
+    clear = _read_everything(db)
+    result = _rotate()
     assert result.exit_code == 0, result.output
-    assert "Re-encrypted the personal fields of 1 user(s)" in result.output
-    phone_token, bank_token = raw(db, investor.id)
-    assert Fernet(new).decrypt(phone_token.encode()).decode() == PHONE
-    assert Fernet(new).decrypt(bank_token.encode()).decode() == IBAN
-    use_keys(monkeypatch, new)  # the old key is gone, everything still reads
-    me = users.get_user(db, actor=investor, user_id=investor.id)
-    assert (me.phone, users.get_user(db, actor=bystander, user_id=bystander.id).phone) == (PHONE, None)
+    assert result.output.splitlines() == [
+        "users: 1 of 2 row(s) re-encrypted",
+        "deliveries: 2 of 2 row(s) re-encrypted",
+        "webhook_endpoints: 1 of 1 row(s) re-encrypted",
+        "Re-encrypted 4 row(s) under the first key of POOLDESK_ENCRYPTION_KEYS; once no other process uses the old "
+        "keys, remove them.",
+    ]
+    for rows in _encrypted_snapshot(db).values():  # every stored value is now under the new key
+        for token in (t for row in rows for t in row if t is not None):
+            assert Fernet(new).decrypt(token.encode())
+    use_keys(monkeypatch, new)  # the old key is gone: users, deliveries, webhook secrets all still read
+    assert _read_everything(db) == clear
+    assert users.get_user(db, actor=investor, user_id=investor.id).phone == PHONE
+    assert users.get_user(db, actor=bystander, user_id=bystander.id).phone is None
+    # a second run finds nothing left to do
+    again = _rotate()
+    assert again.exit_code == 0 and "Re-encrypted 0 row(s)" in again.output
+    from core.services.keys import rotate_encryption
+
     with pytest.raises(users.PermissionDenied):
-        users.rotate_encryption(db, actor=investor)
+        rotate_encryption(db, actor=investor)
+
+
+def test_rotate_keys_with_a_bad_key_says_so_in_one_line_and_changes_nothing(db, monkeypatch):
+    old, new = Fernet.generate_key(), Fernet.generate_key()
+    _world(db, monkeypatch, old, new)
+    before = _encrypted_snapshot(db)
+    monkeypatch.setenv("POOLDESK_ENCRYPTION_KEYS", f"{new.decode()},{old.decode()[:-2]}")
+    reset_settings_cache()
+    result = _rotate()
+    assert result.exit_code == 1
+    assert result.output.splitlines() == [
+        "Error: POOLDESK_ENCRYPTION_KEYS: key 2 of 2 is not a valid Fernet key (32 bytes in url-safe base64, "
+        "44 characters; make one with `pooldesk new-key`)."]
+    use_keys(monkeypatch, new, old)
+    assert _encrypted_snapshot(db) == before
+
+
+def test_rotate_keys_with_a_value_no_key_reads_names_it_and_changes_nothing(db, monkeypatch):
+    from core.db.models import Delivery
+
+    old, new, lost = Fernet.generate_key(), Fernet.generate_key(), Fernet.generate_key()
+    _world(db, monkeypatch, old, new)
+    use_keys(monkeypatch, lost)
+    with db.transaction() as session:
+        session.add(Delivery(key="d3", channel="email", event="invitation", to_address="lost@example.com"))
+    use_keys(monkeypatch, new, old)
+    before = _encrypted_snapshot(db)
+    result = _rotate()
+    assert result.exit_code == 1
+    assert result.output.splitlines() == [
+        "Error: deliveries.to_address of row 3 cannot be decrypted with any key in POOLDESK_ENCRYPTION_KEYS: add the "
+        "key it was written with (after the first), then run rotate-keys again. Nothing was changed."]
+    assert _encrypted_snapshot(db) == before  # the users' rows, checked first, were not rewritten either
+
+
+def test_new_key_from_secret_gives_the_key_an_install_without_keys_used(db, monkeypatch):
+    from click.testing import CliRunner
+
+    from app.cli import cli
+
+    monkeypatch.delenv("POOLDESK_ENCRYPTION_KEYS", raising=False)
+    reset_settings_cache()
+    investor = make_user(db, "investor", phone=PHONE)  # under the key derived from the install secret
+    derived = CliRunner().invoke(cli, ["new-key", "--from-secret"]).output.strip()
+    new = Fernet.generate_key()
+    use_keys(monkeypatch, new, derived.encode())
+    assert "users: 1 of 1 row(s) re-encrypted" in _rotate().output
+    use_keys(monkeypatch, new)
+    assert users.get_user(db, actor=investor, user_id=investor.id).phone == PHONE
