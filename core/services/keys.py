@@ -101,16 +101,20 @@ def rotate_encryption(db: Database, *, actor: Actor) -> RotationReport:
             continue
         (key,) = table.primary_key.columns
         for rows in _batches(db, table, columns):
+            updates: dict[tuple[str, ...], list[dict]] = {}  # the columns to set -> one parameter set per row
+            for row in rows:
+                values = {c.name: every.rotate(t.encode()).decode()
+                          for c, t in zip(columns, row[1:]) if t is not None and not is_current(t)}
+                if values:
+                    updates.setdefault(tuple(values), []).append(dict(values, _id=row[0]))
+            if not updates:
+                continue
             with db.transaction() as session:
-                for row in rows:
-                    values = {c.name: every.rotate(t.encode()).decode()
-                              for c, t in zip(columns, row[1:]) if t is not None and not is_current(t)}
-                    if not values:
-                        continue
-                    assignments = ", ".join(f'"{name}" = :{name}' for name in values)
+                for names, params in updates.items():  # one executemany per shape: a round trip per batch
+                    assignments = ", ".join(f'"{name}" = :{name}' for name in names)
                     session.execute(text(f'UPDATE "{table.name}" SET {assignments} WHERE "{key.name}" = :_id'),
-                                    dict(values, _id=row[0]))
-                    rewritten[table.name] = rewritten.get(table.name, 0) + 1
+                                    params)
+                    rewritten[table.name] = rewritten.get(table.name, 0) + len(params)
     report = RotationReport({t.name: rewritten.get(t.name, 0) for t in tables}, {t.name: checked.get(t.name, 0)
                                                                                  for t in tables})
     with db.transaction() as session:
