@@ -1,6 +1,7 @@
 # Pooldesk: the app, the `pooldesk` command and the workers in one image.
-# Production: set POOLDESK_ENV=production, POOLDESK_DATABASE_URL (PostgreSQL), POOLDESK_REDIS_URL
-# and POOLDESK_SECRET_KEY; run `pooldesk migrate` once, then the app and `pooldesk worker` processes.
+# Production: set POOLDESK_ENV=production, POOLDESK_DATABASE_URL (PostgreSQL), POOLDESK_REDIS_URL,
+# POOLDESK_ENCRYPTION_KEYS (`pooldesk new-key`), POOLDESK_PAYMENT_GATEWAY=stripe with POOLDESK_STRIPE_API_KEY
+# and POOLDESK_SECRET_KEY (32+ characters); run `pooldesk migrate` once, then the app and `pooldesk worker` processes.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
