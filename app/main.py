@@ -13,6 +13,7 @@ from datetime import timedelta
 import streamlit as st
 
 from app import auth
+from app.components.format import md
 from app.components.forms import show_flashes
 from app.db import get_db
 from app.navigation import PAGES_DIR, existing_pages, pages_for
@@ -49,7 +50,7 @@ def notification_bell(actor) -> None:
     if latest > seen:
         for item in reversed(notifications.inbox(db, actor=actor, unread_only=True, limit=5)):
             if item.id > seen:
-                st.toast(item.title, icon=":material/notifications:")
+                st.toast(md(item.title), icon=":material/notifications:")
         st.session_state["toast_seen_id"] = latest
     unread = notifications.unread_count(db, actor=actor)
     st.caption(f":material/notifications: {unread} unread notification{'s' if unread != 1 else ''}")
@@ -79,7 +80,7 @@ def main() -> None:
               for spec in existing_pages() if spec not in specs]
     page = st.navigation(pages)
     with st.sidebar:
-        st.markdown(f"**{actor.name or actor.email}**  \n{actor.email} · {actor.role}")
+        st.markdown(f"**{md(actor.name or actor.email)}**  \n{md(actor.email)} · {actor.role}")
         notification_bell(actor)
         if st.button("Sign out", icon=":material/logout:", key="sign_out_button"):
             auth.sign_out(db)

@@ -15,7 +15,7 @@ from core.services import auth as auth_service
 actor = require_roles("admin", "manager", "investor", "analyst")
 db = get_db()
 st.title("Account")
-st.write(f"**{actor.name}** · {actor.email} · {actor.role}")
+st.write(f"**{fmt.md(actor.name)}** · {fmt.md(actor.email)} · {actor.role}")
 
 st.subheader("Where you are signed in")
 sessions = auth_service.list_sessions(db, actor=actor, user_id=actor.id)

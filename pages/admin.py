@@ -25,7 +25,7 @@ def act(action, done) -> None:
     try:
         result = action()
     except PooldeskError as exc:
-        st.error(exc.message)
+        st.error(fmt.md(exc.message))
         return
     flash(done(result) if callable(done) else done)
     st.rerun()
@@ -53,7 +53,7 @@ with users_tab:
             try:
                 users.change_role(db, actor=actor, user_id=person.id, role=new_role, expected_version=person.version)
             except PooldeskError as exc:
-                st.error(exc.message)
+                st.error(fmt.md(exc.message))
             else:
                 flash(f"{person.email} is now {new_role}.")
                 st.rerun()
@@ -62,7 +62,7 @@ with users_tab:
                 try:
                     users.set_status(db, actor=actor, user_id=person.id, status="deactivated")
                 except PooldeskError as exc:
-                    st.error(exc.message)
+                    st.error(fmt.md(exc.message))
                 else:
                     flash(f"{person.email} deactivated and signed out.")
                     st.rerun()
@@ -76,9 +76,9 @@ with users_tab:
                 st.session_state["admin_reset_link"] = (
                     person.email, auth_service.issue_reset_link(db, actor=actor, user_id=person.id))
             except PooldeskError as exc:
-                st.error(exc.message)
+                st.error(fmt.md(exc.message))
         if shown := st.session_state.get("admin_reset_link"):
-            st.info(f"One-time reset link for {shown[0]} (valid for an hour); hand it over privately:")
+            st.info(f"One-time reset link for {fmt.md(shown[0])} (valid for an hour); hand it over privately:")
             st.code(shown[1], language=None)
 
 with invite_tab:
@@ -104,11 +104,12 @@ with invite_tab:
             errors.show(exc)
         else:
             if result.link:
-                st.success(f"Invitation created for {result.email}. Email is not configured: give them this link "
+                st.success(f"Invitation created for {fmt.md(result.email)}. Email is not configured: "
+                           "give them this link "
                            f"(valid until {fmt.day(result.expires_at)}, works once):")
                 st.code(result.link, language=None)
             else:
-                st.success(f"Invitation emailed to {result.email}.")
+                st.success(f"Invitation emailed to {fmt.md(result.email)}.")
     st.markdown("**Recent invitations**")
     show_table(auth_service.list_invitations(db, actor=actor), {
         "Email": lambda i: i["email"], "Role": lambda i: i["role"], "Sent": lambda i: fmt.day(i["created_at"]),
@@ -128,7 +129,7 @@ with sessions_tab:
         if left.button("Revoke this session", key="revoke_one"):
             act(lambda: auth_service.revoke_session(db, actor=actor, session_id=target.id),
                 f"Session {target.short_id} revoked.")
-        if right.button(f"Sign {target.user_email} out everywhere", key="revoke_all"):
+        if right.button(f"Sign {fmt.md(target.user_email)} out everywhere", key="revoke_all"):
             act(lambda: auth_service.revoke_all_sessions(db, actor=actor, user_id=target.user_id),
                 lambda count: f"{count} session(s) of {target.user_email} revoked.")
 

@@ -8,6 +8,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
+from app.components.format import md
 from app.db import get_db
 from app.guard import require_roles
 from core.analytics import exports, metrics
@@ -45,7 +46,7 @@ start = st.date_input("Range start (optional)", value=None, key="an_start")
 try:
     overview = metrics.compare_pools(db, actor=actor, as_of=end, start=start)
 except (PermissionDenied, ValidationError) as exc:
-    st.error(exc.message)
+    st.error(md(exc.message))
     st.stop()
 rows = overview["pools"]
 if not rows:
@@ -109,7 +110,7 @@ if len(flows):
                     key="an_chart_flows")
 
 for r in chosen_rows:
-    st.subheader(f"{r['code']} · {r['name']}")
+    st.subheader(f"{md(r['code'])} · {md(r['name'])}")
     st.dataframe(pd.DataFrame([{
         "Period": key, "From": text(v["start"]), "To": text(v["end"]), "Days": v["days"],
         "Return": percent_points(v["return"]), "Annualised": percent_points(v["annualised"]),
@@ -118,7 +119,7 @@ for r in chosen_rows:
     mdd = r["max_drawdown"] or {}
     st.caption(f"Max drawdown {pct(mdd.get('depth'))}: peak {text(mdd.get('peak_date'))}, trough "
                f"{text(mdd.get('trough_date'))}, recovered {text(mdd.get('recovery_date')) or 'not yet'}.")
-    with st.expander(f"Show the math: TWR of {r['code']}"):
+    with st.expander(f"Show the math: TWR of {md(r['code'])}"):
         period = st.selectbox("Period", list(r["returns"]), key=f"an_math_period_{r['pool_id']}",
                               help="Each return in the table above, from its own valuation points.")
         chosen_period = r["returns"][period]
@@ -139,7 +140,7 @@ for r in chosen_rows:
                                     "return": f"{s.period_return:.10f}"} for s in math.sub_periods]),
                      hide_index=True)
     holders = metrics.positions(db, actor=actor, pool_id=r["pool_id"], as_of=end)
-    with st.expander(f"Holders of {r['code']} (by investor id)"):
+    with st.expander(f"Holders of {md(r['code'])} (by investor id)"):
         st.dataframe(pd.DataFrame([{
             "investor_id": h["investor_id"], "units": h["units"], "value": h["value"],
             "cost basis": h["cost_basis"], "gain": h["gain"], "XIRR": percent_points(h["xirr"]),

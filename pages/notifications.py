@@ -29,10 +29,10 @@ with inbox_tab:
     for item in items:
         with st.container(border=True):
             left, right = st.columns([5, 1])
-            left.markdown(("**🔵 " if item.read_at is None else "**") + item.title + "**")
+            left.markdown(("**🔵 " if item.read_at is None else "**") + fmt.md(item.title) + "**")
             left.caption(f"{fmt.day(item.created_at)} · {notifications.EVENTS.get(item.event, item.event)}")
             if item.body:
-                left.write(item.body)
+                left.markdown(fmt.md(item.body))
             if item.read_at is None and right.button("Mark read", key=f"read_{item.id}"):
                 notifications.mark_read(db, actor=actor, notification_ids=[item.id])
                 st.rerun()

@@ -8,6 +8,7 @@ if actor is None or getattr(actor, "role", None) != "admin":
     st.error("Only administrators can open the Operations page.")
     st.stop()
 
+from app.components.format import md  # noqa: E402
 from core.db.session import get_database  # noqa: E402
 from core.domain.errors import PooldeskError  # noqa: E402
 from core.domain.money import format_money  # noqa: E402
@@ -18,7 +19,7 @@ st.title("Operations")
 
 overview = operations.overview(db, actor=actor)
 if overview.error:
-    st.error(overview.error)
+    st.error(md(overview.error))
 cols = st.columns(5)
 cols[0].metric("Outbox backlog", overview.outbox_backlog)
 cols[1].metric("Failed jobs", overview.jobs_failed)
@@ -27,7 +28,7 @@ cols[3].metric("Failed emails/SMS", overview.deliveries_failed)
 cols[4].metric("Failed payouts", overview.payouts_failed)
 if overview.outbox_backlog and overview.oldest_backlog_at:
     st.caption(f"Oldest waiting outbox row since {overview.oldest_backlog_at:%Y-%m-%d %H:%M:%S} UTC"
-               + (f" — last error: {overview.outbox_last_error}" if overview.outbox_last_error else ""))
+               + (f" — last error: {md(overview.outbox_last_error)}" if overview.outbox_last_error else ""))
 
 st.subheader(f"Queues ({'Redis + RQ' if overview.backend == 'rq' else 'embedded dispatcher'})")
 st.dataframe([{"queue": name, **counts} for name, counts in overview.queues.items()], hide_index=True)
@@ -50,7 +51,7 @@ for job in failed:
                 operations.retry_job(db, actor=actor, outbox_id=job.outbox_id)
                 st.success(f"Job #{job.outbox_id} queued again.")
             except PooldeskError as exc:
-                st.error(exc.message)
+                st.error(md(exc.message))
 
 st.subheader("Distribution payouts")
 summaries = operations.payout_summaries(db, actor=actor)
@@ -62,7 +63,7 @@ else:
                    "paid amount": format_money(s.paid_amount, s.currency),
                    "failed amount": format_money(s.failed_amount, s.currency)} for s in summaries], hide_index=True)
 for summary in (s for s in summaries if s.failed):
-    with st.expander(f"Distribution #{summary.distribution_id} ({summary.pool_code}): "
+    with st.expander(f"Distribution #{summary.distribution_id} ({md(summary.pool_code)}): "
                      f"{summary.failed} failed payout(s)"):
         failed_parts = operations.distribution_payouts(db, actor=actor, distribution_id=summary.distribution_id,
                                                        status="failed")
@@ -76,7 +77,7 @@ for summary in (s for s in summaries if s.failed):
                 count = operations.retry_failed_payouts(db, actor=actor, distribution_id=summary.distribution_id)
                 st.success(f"{count} payout(s) queued again.")
             except PooldeskError as exc:
-                st.error(exc.message)
+                st.error(md(exc.message))
 
 st.subheader("Failed emails and SMS")
 undelivered = operations.deliveries(db, actor=actor, status="failed", limit=100)
@@ -91,8 +92,8 @@ st.subheader("Webhook endpoints")
 endpoints = operations.list_endpoints(db, actor=actor)
 for endpoint in endpoints:
     cols = st.columns([5, 3, 1, 1])
-    cols[0].write(f"**{endpoint.url}**  \n{endpoint.description}")
-    cols[1].write(", ".join(endpoint.events))
+    cols[0].write(f"**{md(endpoint.url)}**  \n{md(endpoint.description)}")
+    cols[1].write(md(", ".join(endpoint.events)))
     cols[2].write("active" if endpoint.active else "off")
     if endpoint.active and cols[3].button("Remove", key=f"remove-{endpoint.id}"):
         operations.delete_endpoint(db, actor=actor, endpoint_id=endpoint.id)
@@ -107,7 +108,7 @@ with st.form("new-endpoint", clear_on_submit=True):
             st.success("Endpoint added. Its signing secret is shown only now:")
             st.code(created.secret)
         except PooldeskError as exc:
-            st.error(exc.message)
+            st.error(md(exc.message))
 
 st.subheader("Webhook delivery log")
 log = operations.webhook_log(db, actor=actor, limit=100)

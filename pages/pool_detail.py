@@ -31,7 +31,7 @@ try:
         holders = read_model("pool_holders", actor, pool_id=chosen.id)
         flows = read_model("transaction_feed", actor, pool_id=chosen.id, limit=200)
 except PooldeskError as exc:
-    st.error(exc.message)
+    st.error(fmt.md(exc.message))
     st.stop()
 
 pool = detail.pool

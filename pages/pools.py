@@ -134,8 +134,8 @@ with edit_tab:
             pool_service.update_pool(db, actor=actor, pool_id=chosen.id, expected_version=st.session_state[version_key],
                                      settings=settings, manager_ids=manager_ids)
         except ConflictError as exc:
-            st.error(exc.message + " Your input is kept below the latest values; "
-                                   "press 'Load the latest version' to start again from them.")
+            st.error(fmt.md(exc.message + " Your input is kept below the latest values; "
+                                          "press 'Load the latest version' to start again from them."))
         except PooldeskError as exc:
             errors.show(exc)
         else:
@@ -154,13 +154,13 @@ with edit_tab:
     next_status = {"draft": ("open", "Open the pool"), "open": ("closed", "Close the pool")}.get(base.status)
     if next_status:
         target, label = next_status
-        confirm = st.checkbox(f"Yes, {label.lower()} {base.code}", key=f"{prefix}_confirm_status")
+        confirm = st.checkbox(f"Yes, {label.lower()} {fmt.md(base.code)}", key=f"{prefix}_confirm_status")
         if st.button(label, disabled=not confirm, key=f"{prefix}_status_button"):
             try:
                 pool_service.set_pool_status(db, actor=actor, pool_id=base.id, status=target,
                                              expected_version=base.version)
             except PooldeskError as exc:
-                st.error(exc.message)
+                st.error(fmt.md(exc.message))
             else:
                 st.session_state.pop(version_key, None)
                 flash(f"Pool {base.code} is now {target}.")

@@ -64,7 +64,7 @@ if data.holdings:
         "Pool since inception (TWR)": lambda r: fmt.percent(returns.pool_twr[r["pool_id"]].twr),
     }, empty="No holdings.", key="returns_table")
     for r in returns.positions:
-        with st.expander(f"Show the math: your return in {r['code']}"):
+        with st.expander(f"Show the math: your return in {fmt.md(r['code'])}"):
             st.caption("XIRR solves for the yearly rate at which these dated flows (yours: money in negative, "
                        "money out positive, today's value last) are worth zero today (Actual/365).")
             show_table(returns.pool_flows[r["pool_id"]], {
@@ -102,7 +102,7 @@ if data.holdings:
         try:
             ledger.set_reinvestment(db, actor=actor, pool_id=holding.pool_id, investor_id=actor.id, reinvest=reinvest)
         except PooldeskError as exc:
-            st.error(exc.message)
+            st.error(fmt.md(exc.message))
         else:
             flash("Reinvestment choice saved.")
             st.rerun()

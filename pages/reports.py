@@ -5,6 +5,7 @@ from datetime import date, timedelta
 
 import streamlit as st
 
+from app.components.format import md
 from app.db import get_db
 from app.guard import require_roles
 from core.analytics import exports, pdf
@@ -29,7 +30,7 @@ if actor.role != "analyst":
             st.session_state["rp_statement"] = pdf.investor_statement_pdf(
                 db, actor=actor, investor_id=int(investor_id), period_start=period_start, period_end=period_end)
         except (PermissionDenied, ValidationError, NotFound) as exc:
-            st.error(exc.message)
+            st.error(md(exc.message))
     if st.session_state.get("rp_statement"):
         st.download_button("Download statement", st.session_state["rp_statement"],
                            f"pooldesk-statement-{period_end.isoformat()}.pdf", "application/pdf",
@@ -47,7 +48,7 @@ if actor.role != "investor":
                 st.session_state["rp_factsheet"] = (pdf.pool_factsheet_pdf(db, actor=actor, pool_id=pool_id,
                                                                            as_of=as_of), code)
             except (PermissionDenied, ValidationError) as exc:
-                st.error(exc.message)
+                st.error(md(exc.message))
         if st.session_state.get("rp_factsheet"):
             data, code_built = st.session_state["rp_factsheet"]
             st.download_button("Download factsheet", data, f"pooldesk-factsheet-{code_built}.pdf", "application/pdf",
@@ -71,7 +72,7 @@ if st.button("Prepare export", key="rp_prepare"):
                                                               progress=progress),
                                          exports.filename(dataset, fmt), exports.MIME[fmt])
     except (PermissionDenied, ValidationError) as exc:
-        st.error(exc.message)
+        st.error(md(exc.message))
 if st.session_state.get("rp_export"):
     data, name, mime = st.session_state["rp_export"]
     st.download_button(f"Download {name}", data, name, mime, key="rp_download_export")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app import auth
+from app.components.format import md
 from app.components.forms import FieldErrors
 from app.db import get_db
 from core.domain.errors import PooldeskError
@@ -18,9 +19,9 @@ def accept_invitation(token: str) -> None:
     try:
         info = auth_service.check_invitation(db, token=token)
     except PooldeskError as exc:
-        st.error(exc.message)
+        st.error(md(exc.message))
         return
-    st.write(f"You were invited as **{info.role}** with the email **{info.email}**. Choose a password to finish.")
+    st.write(f"You were invited as **{info.role}** with the email **{md(info.email)}**. Choose a password to finish.")
     errors = FieldErrors()
     with st.form("accept_invitation"):
         name = st.text_input("Your name", value=info.name)
@@ -82,10 +83,10 @@ def sign_in() -> None:
         if st.session_state.get(auth.ACTOR_KEY) is not None:
             st.rerun()
         if st.session_state.get("authentication_status") is False:
-            st.error(st.session_state.get("login_error") or "Enter your email and password.")
+            st.error(md(st.session_state.get("login_error") or "Enter your email and password."))
         if auth.sso_configured():
             if sso_error := st.session_state.get("sso_error"):
-                st.error(sso_error)
+                st.error(md(sso_error))
                 st.button("Sign in with another single sign-on account", on_click=st.logout, icon=":material/key:")
             else:
                 st.button("Sign in with single sign-on", on_click=st.login, icon=":material/key:")

@@ -99,13 +99,14 @@ def requests() -> None:
                        horizontal=True, key="approve_payment")
     for row in waiting:
         cols = st.columns([4, 1, 1])
-        cols[0].write(f"#{row.id} · {fmt.day(row.effective_date)} · {row.investor} · {row.kind} of {_flow_size(row)}")
+        cols[0].write(f"#{row.id} · {fmt.day(row.effective_date)} · {fmt.md(row.investor)} · {row.kind} of "
+                      f"{_flow_size(row)}")
         if cols[1].button("Approve", key=f"approve_{row.id}", type="primary"):
             try:
                 ledger.approve_request(db, actor=actor, transaction_id=row.id, expected_version=row.version,
                                        payment=payment)
             except PooldeskError as exc:
-                st.error(exc.message)
+                st.error(fmt.md(exc.message))
             else:
                 flash(f"Request #{row.id} approved.")
                 st.rerun()
@@ -114,7 +115,7 @@ def requests() -> None:
                 ledger.cancel_transaction(db, actor=actor, transaction_id=row.id, reason="rejected by the manager",
                                           expected_version=row.version)
             except PooldeskError as exc:
-                st.error(exc.message)
+                st.error(fmt.md(exc.message))
             else:
                 flash(f"Request #{row.id} rejected.")
                 st.rerun()
@@ -132,7 +133,7 @@ def confirm_step(name: str, prefix: str, label: str, working: str, save, saved_t
             with st.spinner(working):
                 saved = save(submission_key(name))
         except PooldeskError as exc:
-            st.error(exc.message)
+            st.error(fmt.md(exc.message))
             return
         renew_key(name)
         st.session_state.pop(f"{name}_preview", None)
@@ -233,7 +234,7 @@ def investors() -> None:
         email = st.text_input("Email", key="inv_email")
         errors.slot("email")
         errors.general()
-        sent = st.form_submit_button(f"Invite to {pool.code}", type="primary")
+        sent = st.form_submit_button(f"Invite to {fmt.md(pool.code)}", type="primary")
     if sent:
         try:
             result = auth_service.invite_user(db, actor=actor, email=email, name=name, role="investor", pool_id=pool.id)
@@ -241,11 +242,12 @@ def investors() -> None:
             errors.show(exc)
         else:
             if result.link:
-                st.success(f"Invitation created for {result.email}. Email is not configured: give them this link "
+                st.success(f"Invitation created for {fmt.md(result.email)}. Email is not configured: "
+                           "give them this link "
                            f"(valid until {fmt.day(result.expires_at)}, works once):")
                 st.code(result.link, language=None)
             else:
-                st.success(f"Invitation emailed to {result.email}.")
+                st.success(f"Invitation emailed to {fmt.md(result.email)}.")
 
 
 def _flow_size(row) -> str:
@@ -266,7 +268,7 @@ def live_feed(pool_id: int) -> None:
     if rows:
         latest = rows[0]
         st.caption(f"Latest: #{latest.id} {latest.kind} of {_flow_size(latest)} "
-                   f"for {latest.investor.replace('<', '&lt;')}: **{latest.status}**")
+                   f"for {fmt.md(latest.investor)}: **{latest.status}**")
     show_table(rows, {
         "Id": lambda r: r.id, "Created": lambda r: fmt.day(r.created_at), "Investor": lambda r: r.investor,
         "Type": lambda r: r.kind, "Amount": lambda r: fmt.money(r.amount, r.currency),

@@ -11,6 +11,7 @@ import uuid
 
 import streamlit as st
 
+from app.components.format import md
 from core.domain.errors import PooldeskError
 
 
@@ -38,18 +39,20 @@ class FieldErrors:
         self._slots["__general__"] = st.empty()
 
     def show(self, error: PooldeskError) -> None:
+        """The message may quote what was typed, so it is shown as literal text."""
         target = self._slots.get(error.field or "") or self._slots.get("__general__")
         if target is None:
-            st.error(error.message)
+            st.error(md(error.message))
         else:
-            target.error(error.message)
+            target.error(md(error.message))
 
 
 def flash(message: str, icon: str = "✅") -> None:
-    """A toast that survives the rerun that follows a successful form."""
+    """A toast that survives the rerun that follows a successful form. ``message`` is plain text (it often
+    names a person or a pool): it is shown literally, never as Markdown."""
     st.session_state.setdefault("_flash", []).append((message, icon))
 
 
 def show_flashes() -> None:
     for message, icon in st.session_state.pop("_flash", []):
-        st.toast(message, icon=icon)
+        st.toast(md(message), icon=icon)

@@ -4,6 +4,9 @@ Large exports stream: rows are read from the database in chunks (a server-side
 cursor on PostgreSQL) and written chunk by chunk, with ``progress(done, total)``
 called after each, so a page can show a progress bar and memory stays flat.
 Money stays Decimal (text in CSV, exact numbers in xlsx, decimal128 in Parquet).
+Text columns (emails, pool codes...) never become formulas: in CSV and xlsx a text
+cell starting with = + - @, a tab or a carriage return gets a leading single quote,
+and xlsx text cells are written as strings (see core.domain.spreadsheet).
 Who sees what: admins everything; analysts every pool, investors by id only;
 managers their pools; investors only their own transactions and holdings.
 Parquet is the analysts' format (admins and analysts).
@@ -25,6 +28,7 @@ from core.analytics import metrics
 from core.db.models import Pool, PoolManager, Transaction, User
 from core.db.session import Database
 from core.domain.errors import PermissionDenied, ValidationError
+from core.domain.spreadsheet import neutralise
 from core.services.context import Actor
 
 FORMATS = ("csv", "xlsx", "parquet")
@@ -146,6 +150,25 @@ def _text(value) -> str:
     return str(value)
 
 
+def _csv_row(columns: list[Column], row: tuple) -> list[str]:
+    return [neutralise(_text(v)) if c.kind == "text" else _text(v) for c, v in zip(columns, row)]
+
+
+def _xlsx_row(sheet, columns: list[Column], row: tuple) -> list:
+    """Text columns as string cells (openpyxl would otherwise make ``=...`` a formula and ``#N/A`` an error)."""
+    from openpyxl.cell import WriteOnlyCell
+
+    cells = []
+    for column, value in zip(columns, row):
+        if column.kind == "text" and value is not None:
+            cell = WriteOnlyCell(sheet, value=neutralise(str(value)))
+            cell.data_type = "s"
+            cells.append(cell)
+        else:
+            cells.append(value)
+    return cells
+
+
 _ARROW = {"int": pa.int64(), "text": pa.string(), "date": pa.date32(), "money": pa.decimal128(38, 4),
           "units": pa.decimal128(38, 6), "price": pa.decimal128(38, 6), "ratio": pa.decimal128(38, 10)}
 
@@ -169,7 +192,7 @@ def write_export(db: Database, out: io.BufferedIOBase, *, actor: Actor, dataset:
         writer = csv.writer(text, lineterminator="\n")
         writer.writerow([c.name for c in columns])
         for chunk in chunks:
-            writer.writerows([[_text(v) for v in row] for row in chunk])
+            writer.writerows([_csv_row(columns, row) for row in chunk])
             done += len(chunk)
             if progress:
                 progress(done, total)
@@ -182,7 +205,7 @@ def write_export(db: Database, out: io.BufferedIOBase, *, actor: Actor, dataset:
         sheet.append([c.name for c in columns])
         for chunk in chunks:
             for row in chunk:
-                sheet.append(list(row))
+                sheet.append(_xlsx_row(sheet, columns, row))
             done += len(chunk)
             if progress:
                 progress(done, total)

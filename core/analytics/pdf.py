@@ -3,12 +3,16 @@
 Figures come from the analytics engine (Decimal, formatted with the currency's
 minor units); the NAV chart is drawn with reportlab's own graphics, so no
 browser or image renderer is needed. Floats appear only as chart coordinates.
+A Paragraph reads reportlab's mini-markup (<a href>, <img>, <font>...), so every
+stored string (names, emails, pool codes) goes into one through ``_text``, which
+escapes it; table cells are plain strings and are drawn as they are.
 """
 from __future__ import annotations
 
 import io
 from datetime import date
 from decimal import Decimal
+from xml.sax.saxutils import escape
 
 from reportlab.graphics.charts.lineplots import LinePlot
 from reportlab.graphics.shapes import Drawing, String
@@ -39,6 +43,11 @@ PERIOD_LABELS = {"mtd": "Month to date", "ytd": "Year to date", "1y": "1 year", 
 
 def pct(value: Decimal | None) -> str:
     return "n/a" if value is None else f"{value * 100:.2f}%"
+
+
+def _text(value) -> str:
+    """A stored string as literal Paragraph text (``<a href=...>`` printed, not followed)."""
+    return escape(str(value))
 
 
 def _table(rows: list[list[str]]) -> Table:
@@ -72,8 +81,8 @@ def investor_statement_pdf(db: Database, *, actor: Actor, investor_id: int, peri
         if investor is None:
             raise NotFound(f"No investor with id {investor_id}.")
         name, email = investor.name, investor.email
-    story = [Paragraph(f"Statement for {name}", _STYLES["Title"]),
-             Paragraph(f"{email} &middot; period {period_start.isoformat()} to {period_end.isoformat()}",
+    story = [Paragraph(f"Statement for {_text(name)}", _STYLES["Title"]),
+             Paragraph(f"{_text(email)} &middot; period {period_start.isoformat()} to {period_end.isoformat()}",
                        _STYLES["Normal"]), Spacer(1, 6 * mm),
              Paragraph(f"Holdings on {period_end.isoformat()}", _STYLES["Heading2"])]
     rows = [["Pool", "Units", "NAV per unit", "Value", "Contributed", "Withdrawn", "Distributions", "Gain",
@@ -142,8 +151,8 @@ def pool_factsheet_pdf(db: Database, *, actor: Actor, pool_id: int, as_of: date 
     figures = metrics.pool_metrics(db, actor=actor, pool_id=pool_id, as_of=as_of)
     series = metrics.pool_series(db, actor=actor, pool_ids=[pool_id], as_of=figures["as_of"])["series"]
     cur = figures["currency"]
-    story = [Paragraph(f"{figures['name']} ({figures['code']})", _STYLES["Title"]),
-             Paragraph(f"Factsheet as of {figures['as_of'].isoformat()} &middot; currency {cur} &middot; "
+    story = [Paragraph(f"{_text(figures['name'])} ({_text(figures['code'])})", _STYLES["Title"]),
+             Paragraph(f"Factsheet as of {figures['as_of'].isoformat()} &middot; currency {_text(cur)} &middot; "
                        f"inception {figures['inception_date'].isoformat()}", _STYLES["Normal"]), Spacer(1, 4 * mm),
              _nav_chart(series, pool_id), Spacer(1, 4 * mm),
              Paragraph("Returns (time-weighted)", _STYLES["Heading2"])]

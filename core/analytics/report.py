@@ -3,7 +3,9 @@
 Shaped as issue 2 asks: decimals as strings, money at the currency's minor
 units, units at 6 places, returns at 10, ``xirr`` null when not available. As of
 a date means: valuations, flows and distributions on or before it. Analysts get
-investor ids (key ``investor_id``) instead of emails.
+investor ids (key ``investor_id``) instead of emails. In the CSV form, text cells
+(the pool code, currency and emails) that a spreadsheet would run as a formula get a
+leading single quote (core.domain.spreadsheet); the JSON form keeps them as stored.
 """
 from __future__ import annotations
 
@@ -16,10 +18,12 @@ from sqlalchemy import select
 from core.analytics.metrics import pool_metrics, results
 from core.db.models import User
 from core.db.session import Database
+from core.domain.spreadsheet import neutralise
 from core.services.context import Actor
 
 POOL_FIELDS = ("code", "currency", "as_of", "units_outstanding", "nav", "nav_per_unit", "twr_since_inception")
 INVESTOR_FIELDS = ("units", "value", "contributed", "withdrawn", "distributions", "xirr")
+TEXT_FIELDS = ("code", "currency", "email")  # the rest are dates and numbers: a negative figure is not quoted
 
 
 def _text(value) -> str | None:
@@ -68,10 +72,16 @@ def pool_report_csv(db: Database, *, actor: Actor, pool_code: str, as_of: date |
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(POOL_FIELDS)
-    writer.writerow([report["pool"][f] if report["pool"][f] is not None else "" for f in POOL_FIELDS])
+    writer.writerow([_cell(f, report["pool"][f]) for f in POOL_FIELDS])
     writer.writerow([])
     who = "investor_id" if actor.role == "analyst" else "email"
     writer.writerow((who, *INVESTOR_FIELDS))
     for row in report["investors"]:
-        writer.writerow([row[who], *(row[f] if row[f] is not None else "" for f in INVESTOR_FIELDS)])
+        writer.writerow([_cell(who, row[who]), *(_cell(f, row[f]) for f in INVESTOR_FIELDS)])
     return out.getvalue()
+
+
+def _cell(field: str, value) -> str:
+    if value is None:
+        return ""
+    return neutralise(value) if field in TEXT_FIELDS else value

@@ -16,7 +16,14 @@ from core.services import audit
 from core.services.common import bump_version
 from core.services.context import ROLES, SYSTEM_EMAIL, Actor, actor_from_user, require_role
 
-EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+# Practical addresses only, so that an email is safe wherever it is shown or exported: a local part of letters,
+# digits and . _ + - that starts with a letter, digit or _ (never = + - @, which spreadsheets read as a formula),
+# without quotes, pipes, spaces or control characters; a domain of labels ending in a letter TLD (or xn--).
+# \Z, not $: "$" would accept a trailing newline.
+EMAIL_RE = re.compile(
+    r"^(?=[^@]{1,64}@)[a-z0-9_](?:[a-z0-9_+-]|\.(?![.@]))*"
+    r"@(?=.{1,253}\Z)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+(?:[a-z]{2,63}|xn--[a-z0-9-]{1,59})\Z",
+    re.IGNORECASE)
 PHONE_RE = re.compile(r"^\+[1-9]\d{6,14}$")
 MIN_PASSWORD = 10
 # bcrypt work factor: 12 in production; tests and demo data set POOLDESK_BCRYPT_ROUNDS lower.
@@ -45,9 +52,13 @@ def _view(user: User) -> UserView:
 
 def normalise_email(email: str) -> str:
     email = (email or "").strip().lower()
-    if not EMAIL_RE.match(email) or len(email) > 254:
-        raise ValidationError(f"{email!r} is not an email address.", field="email")
-    return email
+    if EMAIL_RE.match(email) and len(email) <= 254:
+        return email
+    if "@" in email:
+        raise ValidationError(f"{email!r} is not an email address we accept: before the @ use only letters, "
+                              "digits and . _ + - (and start with a letter, digit or _), after it a domain such as "
+                              "example.com.", field="email")
+    raise ValidationError(f"{email!r} is not an email address.", field="email")
 
 
 def check_password_strength(password: str) -> None:

@@ -1,6 +1,7 @@
 """AppTest helpers: open the app signed in as someone, on a given page, with clean Streamlit caches."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -44,26 +45,35 @@ def open_page_alone(page: str, actor) -> AppTest:
     return at
 
 
+_ESCAPED = re.compile(r"\\([!-/:-@\[-`{-~])")
+
+
+def shown(markdown: str) -> str:
+    """What a reader sees of Markdown written with app.components.format.md: the backslash escapes and the
+    invisible word joiners gone."""
+    return _ESCAPED.sub(r"\1", str(markdown)).replace("\u2060", "")
+
+
 def button(at: AppTest, label: str):
     for candidate in at.button:
-        if candidate.label == label:
+        if shown(candidate.label) == label:
             return candidate
-    raise AssertionError(f"no button {label!r}; have {[b.label for b in at.button]}")
+    raise AssertionError(f"no button {label!r}; have {[shown(b.label) for b in at.button]}")
 
 
 def texts(at: AppTest) -> str:
     parts = [e.value for e in at.markdown] + [e.value for e in at.caption] + [e.value for e in at.info]
     parts += [e.value for e in at.success] + [e.value for e in at.error] + [e.value for e in at.warning]
     parts += [str(m.value) for m in at.metric] + [m.label for m in at.metric]
-    return "\n".join(str(p) for p in parts)
+    return "\n".join(shown(p) for p in parts)
 
 
 def errors(at: AppTest) -> list[str]:
-    return [e.value for e in at.error]
+    return [shown(e.value) for e in at.error]
 
 
 def toasts(at: AppTest) -> list[str]:
-    return [t.value for t in at.toast]
+    return [shown(t.value) for t in at.toast]
 
 
 def table_text(at: AppTest) -> str:
