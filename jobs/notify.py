@@ -425,9 +425,34 @@ def send_direct(to_email: str, to_name: str, template: str, context: dict, user_
     base = {"name": to_name, "invited_by": "", "role": "", "pool_name": "", **context}
     rendered = render(template, {**base, "link": link or ""})
     kept = render(template, {**base, "link": LINK_REMOVED}).text if link else rendered.text
-    return _send_one(database(), key=f"direct-mail:{run_key(to_email, template, context)}", event=template,
-                     user_id=user_id, to_email=to_email, to_name=to_name, subject=rendered.subject,
-                     text=rendered.text, html=rendered.html, kept_text=kept)
+    db = database()
+    status = _send_one(db, key=f"direct-mail:{run_key(to_email, template, context)}", event=template,
+                       user_id=user_id, to_email=to_email, to_name=to_name, subject=rendered.subject,
+                       text=rendered.text, html=rendered.html, kept_text=kept)
+    if link:
+        _forget_link(db)
+    return status
+
+
+def _forget_link(db: Database) -> None:
+    """The mail is out (or will never be sent again): its outbox row need not keep the link, even encrypted.
+
+    A twin run of the job finds the delivery done and sends nothing, so it needs no link.
+    """
+    from core.db.models import OutboxMessage
+    from jobs.runner import current_outbox_id
+
+    outbox_id = current_outbox_id.get()
+    if outbox_id is None:
+        return
+    with db.transaction() as session:
+        row = session.get(OutboxMessage, outbox_id)
+        if row is None or not row.payload:
+            return
+        payload = dict(row.payload)
+        payload.pop("sealed_link", None)
+        payload["context"] = {k: v for k, v in (payload.get("context") or {}).items() if k != "link"}
+        row.payload = payload
 
 
 def send_email_now(*, to_email: str, subject: str, text: str, html: str | None = None, attachments=(),

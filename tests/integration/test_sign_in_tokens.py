@@ -10,7 +10,7 @@ import re
 import pytest
 from sqlalchemy import inspect, select, text
 
-from core.db.models import Delivery, Invitation, utcnow
+from core.db.models import Delivery, Invitation, OutboxMessage, utcnow
 from core.domain.errors import AuthenticationError, ValidationError
 from core.services import auth, users
 from jobs.backend import embedded_backend
@@ -59,7 +59,11 @@ def test_no_table_holds_a_sent_invitation_or_reset_link(db, fast_jobs, smtp_serv
         assert link not in stored
     with db.read() as session:  # the delivery log still shows what was sent, without the link
         bodies = [d.body for d in session.scalars(select(Delivery).order_by(Delivery.id))]
+        # once sent, the outbox rows do not keep the link even encrypted
+        payloads = [m.payload for m in session.scalars(select(OutboxMessage).where(
+            OutboxMessage.job == "jobs.notify.send_direct"))]
     assert len(bodies) == 2 and all("[link removed" in body for body in bodies)
+    assert len(payloads) == 2 and all("sealed_link" not in p and "link" not in p["context"] for p in payloads)
 
     # the mailed links work
     assert auth.check_invitation(db, token=_token(invitation_link)).email == "newcomer@example.com"
@@ -78,6 +82,7 @@ def test_a_retried_send_mails_a_link_that_works(db, fast_jobs, smtp_server):
     backend.run_due()
     with db.read() as session:
         assert session.scalar(select(Delivery.status)) == "error"
+        assert "sealed_link" in session.scalar(select(OutboxMessage.payload))  # kept for the retry
     assert smtp_server.to("retry@example.com") == []
     smtp_server.refuse = False
     [link] = _mailed_links(db, smtp_server, "retry@example.com")
