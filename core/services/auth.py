@@ -229,7 +229,7 @@ def invite_user(db: Database, *, actor: Actor, email: str, name: str, role: str,
                 raise NotFound(f"No pool with id {pool_id}.", field="pool")
             if actor.role == "manager" and not manages_pool(session, actor, pool_id):
                 raise PermissionDenied("You can only invite investors to pools you manage.")
-        user = session.scalar(select(User).where(User.email == email))
+        user = session.scalar(select(User).where(User.email == email).with_for_update())  # one open link at a time
         if user is not None and user.status != "invited":
             raise ValidationError(f"{email} already has an account.", field="email")
         if user is not None and user.role != role:
@@ -321,7 +321,8 @@ def request_password_reset(db: Database, *, email: str, now: datetime | None = N
     email = (email or "").strip().lower()
     token = secrets.token_urlsafe(32)
     with db.transaction() as session:
-        user = session.scalar(select(User).where(User.email == email))
+        # Locked: two requests at once would each leave their own link open.
+        user = session.scalar(select(User).where(User.email == email).with_for_update())
         if user is None or user.status != "active":
             return
         replaced = revoke_open_resets(session, user.id, now)  # only the newest link works
@@ -341,7 +342,7 @@ def issue_reset_link(db: Database, *, actor: Actor, user_id: int, now: datetime 
     now = now or utcnow()
     token = secrets.token_urlsafe(32)
     with db.transaction() as session:
-        user = session.get(User, user_id)
+        user = session.scalar(select(User).where(User.id == user_id).with_for_update())
         if user is None or user.status != "active":
             raise NotFound(f"No active user with id {user_id}.")
         replaced = revoke_open_resets(session, user.id, now)
