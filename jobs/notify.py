@@ -393,16 +393,66 @@ def notify_users(event: str, pool_id: int, user_ids: list[int], distribution_id:
 
 
 def _give_up_direct(*, error: str, to_email: str, template: str, context: dict, **_ignored) -> None:
+    context = {k: v for k, v in (context or {}).items() if k != "link"}  # as send_direct keys it
     fail_unsent(database(), keys=[f"direct-mail:{run_key(to_email, template, context)}"])
 
 
+# What the delivery log keeps in place of a sign-in link: the link works until used, so only its recipient has it.
+LINK_REMOVED = "[link removed: it was sent to the recipient only]"
+
+
 @job(on_give_up=_give_up_direct)
-def send_direct(to_email: str, to_name: str, template: str, context: dict, user_id: int | None = None) -> str:
-    """Mail that is not tied to a ledger event: invitations and password resets (always sent)."""
-    rendered = render(template, {"name": to_name, "invited_by": "", "role": "", "pool_name": "", **(context or {})})
-    return _send_one(database(), key=f"direct-mail:{run_key(to_email, template, context)}", event=template,
-                     user_id=user_id, to_email=to_email, to_name=to_name, subject=rendered.subject,
-                     text=rendered.text, html=rendered.html)
+def send_direct(to_email: str, to_name: str, template: str, context: dict, user_id: int | None = None,
+                sealed_link: str | None = None) -> str:
+    """Mail that is not tied to a ledger event: invitations and password resets (always sent).
+
+    The sign-in link arrives encrypted (``sealed_link``) and is decrypted only to build the mail;
+    the copy kept in ``deliveries`` has it removed. A retry decrypts it again, so it mails the same,
+    working link. (Rows queued before links were sealed carry it in ``context["link"]``.)
+    """
+    context = dict(context or {})
+    link = context.pop("link", None)
+    if sealed_link:
+        from cryptography.fernet import InvalidToken
+
+        from core.crypto import decrypt
+
+        try:
+            link = decrypt(sealed_link)
+        except InvalidToken as exc:
+            raise PermanentError("The link of this mail cannot be decrypted: the key that encrypted it was "
+                                 "removed from POOLDESK_ENCRYPTION_KEYS. Send a new one.") from exc
+    base = {"name": to_name, "invited_by": "", "role": "", "pool_name": "", **context}
+    rendered = render(template, {**base, "link": link or ""})
+    kept = render(template, {**base, "link": LINK_REMOVED}).text if link else rendered.text
+    db = database()
+    status = _send_one(db, key=f"direct-mail:{run_key(to_email, template, context)}", event=template,
+                       user_id=user_id, to_email=to_email, to_name=to_name, subject=rendered.subject,
+                       text=rendered.text, html=rendered.html, kept_text=kept)
+    if link:
+        _forget_link(db)
+    return status
+
+
+def _forget_link(db: Database) -> None:
+    """The mail is out (or will never be sent again): its outbox row need not keep the link, even encrypted.
+
+    A twin run of the job finds the delivery done and sends nothing, so it needs no link.
+    """
+    from core.db.models import OutboxMessage
+    from jobs.runner import current_outbox_id
+
+    outbox_id = current_outbox_id.get()
+    if outbox_id is None:
+        return
+    with db.transaction() as session:
+        row = session.get(OutboxMessage, outbox_id)
+        if row is None or not row.payload:
+            return
+        payload = dict(row.payload)
+        payload.pop("sealed_link", None)
+        payload["context"] = {k: v for k, v in (payload.get("context") or {}).items() if k != "link"}
+        row.payload = payload
 
 
 def send_email_now(*, to_email: str, subject: str, text: str, html: str | None = None, attachments=(),
@@ -418,7 +468,8 @@ def send_email_now(*, to_email: str, subject: str, text: str, html: str | None =
 
 
 def _send_one(db: Database, *, key: str, event: str, user_id: int | None, to_email: str, to_name: str,
-              subject: str, text: str, html: str | None, attachments=()) -> str:
+              subject: str, text: str, html: str | None, attachments=(), kept_text: str | None = None) -> str:
+    """Send one email once per key; ``deliveries`` keeps ``kept_text`` (default: ``text``) as its body."""
     now = utcnow()
     stale = now - timedelta(seconds=job_settings().job_lease_seconds)
     try:
@@ -426,7 +477,8 @@ def _send_one(db: Database, *, key: str, event: str, user_id: int | None, to_ema
             row = session.scalar(select(Delivery).where(Delivery.key == key).with_for_update())
             if row is None:
                 row = Delivery(key=key, channel="email", event=event, user_id=user_id, to_address=to_email,
-                               subject=subject[:300], body=text, status="sending", attempts=1, claimed_at=now)
+                               subject=subject[:300], body=text if kept_text is None else kept_text,
+                               status="sending", attempts=1, claimed_at=now)
                 session.add(row)
             elif row.status == "error" or (row.status == "sending" and (row.claimed_at or now) < stale):
                 row.status, row.claimed_at, row.attempts = "sending", now, row.attempts + 1

@@ -31,7 +31,7 @@ errors = FieldErrors()
 with st.form("change_password", clear_on_submit=True):
     current = st.text_input("Current password", type="password")
     errors.slot("current_password")
-    new = st.text_input("New password", type="password", help="At least 10 characters.")
+    new = st.text_input("New password", type="password", help=auth_service.PASSWORD_HELP)
     errors.slot("password")
     errors.general()
     changed = st.form_submit_button("Change password", type="primary")

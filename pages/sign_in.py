@@ -25,7 +25,7 @@ def accept_invitation(token: str) -> None:
     errors = FieldErrors()
     with st.form("accept_invitation"):
         name = st.text_input("Your name", value=info.name)
-        password = st.text_input("Password", type="password", help="At least 10 characters.")
+        password = st.text_input("Password", type="password", help=auth_service.PASSWORD_HELP)
         errors.slot("password")
         repeat = st.text_input("Repeat the password", type="password")
         errors.general()
@@ -47,9 +47,14 @@ def accept_invitation(token: str) -> None:
 
 def reset_password(token: str) -> None:
     st.title("Choose a new password")
+    try:
+        auth_service.check_reset_link(db, token=token)
+    except PooldeskError as exc:
+        st.error(exc.message)
+        return
     errors = FieldErrors()
     with st.form("reset_password"):
-        password = st.text_input("New password", type="password", help="At least 10 characters.")
+        password = st.text_input("New password", type="password", help=auth_service.PASSWORD_HELP)
         errors.slot("password")
         repeat = st.text_input("Repeat the new password", type="password")
         errors.general()

@@ -7,8 +7,11 @@ still signs anyone in: a revoked, idle (``session_idle_minutes``) or old
 
 Registration is by invitation only. An invitation and a password reset are
 one-time, expiring tokens, also stored as digests. They reach people through the
-notification jobs (``send_direct``); when email is not configured the invitation
-link is returned so the admin or manager can pass it on.
+notification jobs (``send_direct``), which get the link encrypted and keep no copy
+of it; when email is not configured the invitation link is returned so the admin or
+manager can pass it on. A newer link replaces the open ones of the same person (a new
+reset request, an invitation sent again), and a password change, set or reset ends
+every open reset link of the account.
 """
 from __future__ import annotations
 
@@ -26,13 +29,18 @@ from core.domain.errors import AuthenticationError, NotFound, PermissionDenied, 
 from core.services import audit
 from core.services.context import ROLES, Actor, actor_from_user, manages_pool, require_role
 from core.services.notifications import send_direct
-from core.services.users import check_password_strength, hash_password, normalise_email
+from core.services.users import (  # noqa: F401 - PASSWORD_HELP is for the pages
+    PASSWORD_HELP, check_password_strength, hash_password, normalise_email, revoke_open_resets,
+)
 
 INVITATION_DAYS = 7
 RESET_MINUTES = 60
 # Writing last_seen on every rerun would make each click a write; a minute is precise enough for a 30-minute idle limit.
 TOUCH_EVERY = timedelta(seconds=60)
-INVALID_LINK = "This link is invalid, already used or expired. Ask for a new one."
+INVALID_LINK = "This link is not valid: check that you copied all of it, or ask for a new one."
+NO_LONGER_VALID = ("This link is no longer valid: it was already used, or a newer link or a password change "
+                   "replaced it. Ask for a new one.")
+EXPIRED_LINK = "This link has expired. Ask for a new one."
 
 
 # --- sessions ---------------------------------------------------------------------------
@@ -181,6 +189,24 @@ def _link(kind: str, token: str) -> str:
     return f"{get_settings().base_url.rstrip('/')}/?{kind}={token}"
 
 
+def _check_link(row: Invitation | PasswordReset | None, now: datetime) -> None:
+    """Why a sign-in link does not work any more, if it does not."""
+    if row is None:
+        raise ValidationError(INVALID_LINK, field="token")
+    if row.used_at is not None or row.revoked_at is not None:
+        raise ValidationError(NO_LONGER_VALID, field="token")
+    if row.expires_at <= now:
+        raise ValidationError(EXPIRED_LINK, field="token")
+
+
+def _revoke_open_invitations(session, email: str, now: datetime, *, keep_id: int | None = None) -> int:
+    query = update(Invitation).where(Invitation.email == email, Invitation.used_at.is_(None),
+                                     Invitation.revoked_at.is_(None), Invitation.expires_at > now)
+    if keep_id is not None:
+        query = query.where(Invitation.id != keep_id)
+    return session.execute(query.values(revoked_at=now)).rowcount
+
+
 def invite_user(db: Database, *, actor: Actor, email: str, name: str, role: str,
                 pool_id: int | None = None, now: datetime | None = None) -> InvitationResult:
     """Admins invite managers, analysts and admins (and investors); managers invite investors to a pool."""
@@ -203,7 +229,7 @@ def invite_user(db: Database, *, actor: Actor, email: str, name: str, role: str,
                 raise NotFound(f"No pool with id {pool_id}.", field="pool")
             if actor.role == "manager" and not manages_pool(session, actor, pool_id):
                 raise PermissionDenied("You can only invite investors to pools you manage.")
-        user = session.scalar(select(User).where(User.email == email))
+        user = session.scalar(select(User).where(User.email == email).with_for_update())  # one open link at a time
         if user is not None and user.status != "invited":
             raise ValidationError(f"{email} already has an account.", field="email")
         if user is not None and user.role != role:
@@ -212,6 +238,7 @@ def invite_user(db: Database, *, actor: Actor, email: str, name: str, role: str,
             user = User(email=email, name=name.strip(), role=role, status="invited")
             session.add(user)
             session.flush()
+        replaced = _revoke_open_invitations(session, email, now)  # sent again: only the newest link works
         invitation = Invitation(token_digest=token_digest(token), email=email, name=name.strip(), role=role,
                                 pool_id=pool_id, invited_by=actor.id, created_at=now,
                                 expires_at=now + timedelta(days=INVITATION_DAYS))
@@ -219,10 +246,11 @@ def invite_user(db: Database, *, actor: Actor, email: str, name: str, role: str,
         session.flush()
         link = _link("invite", token)
         send_direct(session, to_email=email, to_name=name.strip(), template="invitation", user_id=user.id,
-                    context={"link": link, "role": role, "invited_by": actor.name or actor.email,
-                             "expires_at": invitation.expires_at.isoformat(timespec="minutes")})
+                    link=link, context={"role": role, "invited_by": actor.name or actor.email,
+                                        "expires_at": invitation.expires_at.isoformat(timespec="minutes")})
         audit.record(session, actor, "invitation.create", "user", user.id, None,
-                     {"email": email, "role": role, "pool_id": pool_id, "invitation_id": invitation.id})
+                     {"email": email, "role": role, "pool_id": pool_id, "invitation_id": invitation.id,
+                      "replaced": replaced})
         return InvitationResult(invitation.id, email, role, invitation.expires_at,
                                 None if settings.emails_enabled else link, settings.emails_enabled)
 
@@ -238,8 +266,7 @@ class InvitationInfo:
 
 def _open_invitation(session, token: str, now: datetime) -> Invitation:
     invitation = session.scalar(select(Invitation).where(Invitation.token_digest == token_digest(token or "")))
-    if invitation is None or invitation.used_at is not None or invitation.expires_at <= now:
-        raise ValidationError(INVALID_LINK, field="token")
+    _check_link(invitation, now)
     return invitation
 
 
@@ -253,13 +280,14 @@ def accept_invitation(db: Database, *, token: str, password: str, name: str | No
                       now: datetime | None = None) -> Actor:
     """Set a password for an invited account and activate it. The link works once."""
     now = now or utcnow()
-    check_password_strength(password)
     with db.transaction() as session:
         invitation = _open_invitation(session, token, now)
         user = session.scalar(select(User).where(User.email == invitation.email).with_for_update())
         if user is None or user.status != "invited":
-            raise ValidationError(INVALID_LINK, field="token")
+            raise ValidationError(NO_LONGER_VALID, field="token")
+        check_password_strength(password, email=invitation.email, name=(name or "").strip() or invitation.name)
         invitation.used_at = now
+        _revoke_open_invitations(session, invitation.email, now, keep_id=invitation.id)
         user.password_hash = hash_password(password)
         user.status = "active"
         if name and name.strip():
@@ -280,7 +308,8 @@ def list_invitations(db: Database, *, actor: Actor, limit: int = 100) -> list[di
         now = utcnow()
         return [{"id": i.id, "email": i.email, "role": i.role, "pool_id": i.pool_id,
                  "created_at": i.created_at, "expires_at": i.expires_at,
-                 "state": "accepted" if i.used_at else ("expired" if i.expires_at <= now else "waiting")}
+                 "state": "accepted" if i.used_at else "replaced" if i.revoked_at else (
+                     "expired" if i.expires_at <= now else "waiting")}
                 for i in session.scalars(query)]
 
 
@@ -292,16 +321,19 @@ def request_password_reset(db: Database, *, email: str, now: datetime | None = N
     email = (email or "").strip().lower()
     token = secrets.token_urlsafe(32)
     with db.transaction() as session:
-        user = session.scalar(select(User).where(User.email == email))
+        # Locked: two requests at once would each leave their own link open.
+        user = session.scalar(select(User).where(User.email == email).with_for_update())
         if user is None or user.status != "active":
             return
+        replaced = revoke_open_resets(session, user.id, now)  # only the newest link works
         reset = PasswordReset(token_digest=token_digest(token), user_id=user.id, created_at=now,
                               expires_at=now + timedelta(minutes=RESET_MINUTES))
         session.add(reset)
         session.flush()
         send_direct(session, to_email=user.email, to_name=user.name, template="password_reset", user_id=user.id,
-                    context={"link": _link("reset", token), "minutes": RESET_MINUTES})
-        audit.record(session, None, "password_reset.request", "user", user.id, None, {"reset_id": reset.id})
+                    link=_link("reset", token), context={"minutes": RESET_MINUTES})
+        audit.record(session, None, "password_reset.request", "user", user.id, None,
+                     {"reset_id": reset.id, "replaced": replaced})
 
 
 def issue_reset_link(db: Database, *, actor: Actor, user_id: int, now: datetime | None = None) -> str:
@@ -310,30 +342,40 @@ def issue_reset_link(db: Database, *, actor: Actor, user_id: int, now: datetime 
     now = now or utcnow()
     token = secrets.token_urlsafe(32)
     with db.transaction() as session:
-        user = session.get(User, user_id)
+        user = session.scalar(select(User).where(User.id == user_id).with_for_update())
         if user is None or user.status != "active":
             raise NotFound(f"No active user with id {user_id}.")
+        replaced = revoke_open_resets(session, user.id, now)
         reset = PasswordReset(token_digest=token_digest(token), user_id=user.id, created_at=now,
                               expires_at=now + timedelta(minutes=RESET_MINUTES))
         session.add(reset)
         session.flush()
-        audit.record(session, actor, "password_reset.issue", "user", user.id, None, {"reset_id": reset.id})
+        audit.record(session, actor, "password_reset.issue", "user", user.id, None,
+                     {"reset_id": reset.id, "replaced": replaced})
     return _link("reset", token)
 
 
+def check_reset_link(db: Database, *, token: str, now: datetime | None = None) -> None:
+    """Whether a reset link still works (the page says why not before anyone types a password)."""
+    with db.read() as session:
+        reset = session.scalar(select(PasswordReset).where(PasswordReset.token_digest == token_digest(token or "")))
+        _check_link(reset, now or utcnow())
+
+
 def reset_password(db: Database, *, token: str, password: str, now: datetime | None = None) -> Actor:
-    """Use a reset link once: set the new password, clear any lockout, end every session of the user."""
+    """Use a reset link once: set the new password, clear any lockout, end every session and every other
+    open reset link of the user."""
     now = now or utcnow()
-    check_password_strength(password)
     with db.transaction() as session:
         reset = session.scalar(select(PasswordReset).where(PasswordReset.token_digest == token_digest(token or ""))
                                .with_for_update())
-        if reset is None or reset.used_at is not None or reset.expires_at <= now:
-            raise ValidationError(INVALID_LINK, field="token")
+        _check_link(reset, now)
         user = session.get(User, reset.user_id)
         if user is None or user.status != "active":
-            raise ValidationError(INVALID_LINK, field="token")
+            raise ValidationError(NO_LONGER_VALID, field="token")
+        check_password_strength(password, email=user.email, name=user.name)
         reset.used_at = now
+        revoke_open_resets(session, user.id, now, keep_id=reset.id)
         user.password_hash = hash_password(password)
         user.failed_logins = 0
         user.locked_until = None
@@ -348,15 +390,17 @@ def reset_password(db: Database, *, token: str, password: str, now: datetime | N
 
 def change_password(db: Database, *, actor: Actor, current_password: str, new_password: str,
                     keep_token: str | None = None) -> None:
-    """Change one's own password after proving the current one; every other session is signed out."""
+    """Change one's own password after proving the current one; every other session is signed out and
+    every open reset link ends."""
     from core.services.users import password_matches
 
-    check_password_strength(new_password)
     with db.transaction() as session:
         user = session.get(User, actor.id)
         if user is None or not password_matches(current_password or "", user.password_hash):
             raise ValidationError("The current password is not right.", field="current_password")
+        check_password_strength(new_password, email=user.email, name=user.name)
         user.password_hash = hash_password(new_password)
+        revoke_open_resets(session, actor.id, utcnow())
         query = update(AuthSession).where(AuthSession.user_id == actor.id, AuthSession.revoked_at.is_(None))
         if keep_token:
             query = query.where(AuthSession.id != token_digest(keep_token))

@@ -20,9 +20,9 @@ from core.domain.errors import PooldeskError
 from core.services import audit, pools as pool_service
 from core.services.context import Actor
 from core.services.importer import Row, _Replay, _write
-from core.services.users import hash_password
+from core.services.users import check_password_strength, hash_password
 
-DEMO_PASSWORD = "pooldesk-demo"
+DEMO_PASSWORD = "walnut-ledger-demo"  # published in the README; passes the password rules for each login
 DEMO_LOGINS = (
     ("admin@demo.pooldesk.org", "Ada Admin", "admin"),
     ("manager@demo.pooldesk.org", "Max Manager", "manager"),
@@ -55,6 +55,9 @@ def seed_demo(db: Database, *, actor: Actor, pools: int = 5, investors: int = 20
     inception = today - timedelta(days=365 * years)
     with db.transaction() as session:
         existing = set(session.scalars(select(User.email)))
+        if demo_logins:
+            for email, name, _ in DEMO_LOGINS:
+                check_password_strength(DEMO_PASSWORD, email=email, name=name)
         password_hash = hash_password(DEMO_PASSWORD) if demo_logins else None
         logins = {}
         if demo_logins:

@@ -165,9 +165,16 @@ def mark_read(db: Database, *, actor: Actor, notification_ids: list[int] | None 
 
 
 def send_direct(session: Session, *, to_email: str, template: str, context: dict, to_name: str = "",
-                user_id: int | None = None) -> None:
-    """Mail that is not tied to a ledger event (invitation, password reset): sent by the notification jobs."""
+                user_id: int | None = None, link: str | None = None) -> None:
+    """Mail that is not tied to a ledger event (invitation, password reset): sent by the notification jobs.
+
+    ``link`` is a sign-in link (it carries a one-time token): the outbox keeps it encrypted with the
+    app's keys, the mail carries it, and the copy kept in ``deliveries`` has it removed.
+    """
+    from core.crypto import encrypt
+
     if template not in EVENTS:
         raise ValueError(f"unknown template {template}")
+    extra = {"sealed_link": encrypt(link)} if link else {}
     enqueue(session, "notifications", "jobs.notify.send_direct", to_email=to_email, to_name=to_name,
-            template=template, context=context, user_id=user_id)
+            template=template, context=context, user_id=user_id, **extra)

@@ -26,6 +26,10 @@ EMAIL_RE = re.compile(
     re.IGNORECASE)
 PHONE_RE = re.compile(r"^\+[1-9]\d{6,14}$")
 MIN_PASSWORD = 10
+MAX_PASSWORD_BYTES = 72  # bcrypt reads no further
+MIN_PASSWORD_SCORE = 3  # zxcvbn: 0 (too guessable) .. 4 (very unguessable); 3 = "safely unguessable"
+PASSWORD_HELP = (f"At least {MIN_PASSWORD} characters and hard to guess (a few uncommon words work well); "
+                 f"at most {MAX_PASSWORD_BYTES} bytes.")
 # bcrypt work factor: 12 in production; tests and demo data set POOLDESK_BCRYPT_ROUNDS lower.
 _BCRYPT_ROUNDS_ENV = "POOLDESK_BCRYPT_ROUNDS"
 MANAGING_ROLES = ("manager", "admin")
@@ -61,24 +65,71 @@ def normalise_email(email: str) -> str:
     raise ValidationError(f"{email!r} is not an email address.", field="email")
 
 
-def check_password_strength(password: str) -> None:
-    if len(password or "") < MIN_PASSWORD:
+def _personal_words(email: str | None, name: str | None) -> list[str]:
+    """What a guesser of this account's password tries first: its email, its parts, the name, the product."""
+    words = ["pooldesk"]
+    for value in (email, name):
+        value = (value or "").strip().lower()
+        if value:
+            words.append(value)
+            words += [part for part in re.split(r"[^a-z0-9]+", value) if len(part) > 1]
+    return words
+
+
+def check_password_strength(password: str, *, email: str | None = None, name: str | None = None) -> None:
+    """Refuse a password that is short, too long for bcrypt, the account's email, or easy to guess.
+
+    "Easy to guess" is zxcvbn's estimate (offline: its lists of common passwords, names and
+    words, keyboard patterns, repeats, dates) with the account's email and name as extra
+    words; its advice becomes the message.
+    """
+    password = password or ""
+    if len(password) < MIN_PASSWORD:
         raise ValidationError(f"The password must be at least {MIN_PASSWORD} characters long.", field="password")
     if password != password.strip():  # the sign-in form trims what is typed, so it could never match
         raise ValidationError("The password cannot start or end with a space.", field="password")
+    if len(password.encode()) > MAX_PASSWORD_BYTES:  # bcrypt would silently ignore the rest
+        raise ValidationError(f"The password is too long: at most {MAX_PASSWORD_BYTES} bytes ({MAX_PASSWORD_BYTES} "
+                              "plain letters, fewer with accents or emoji).", field="password")
+    if email and password.lower() == email.strip().lower():
+        raise ValidationError("The password cannot be your email address.", field="password")
+    from zxcvbn import zxcvbn  # imported when needed: loading its word lists takes ~0.1 s
+
+    result = zxcvbn(password, user_inputs=_personal_words(email, name))
+    if result["score"] < MIN_PASSWORD_SCORE:
+        feedback = result["feedback"]
+        advice = " ".join(part for part in [feedback.get("warning") or "", *feedback.get("suggestions", [])] if part)
+        raise ValidationError(f"This password is easy to guess. {advice or 'Use a few uncommon words.'}",
+                              field="password")
 
 
 def hash_password(password: str) -> str:
     import os
 
+    encoded = password.encode()
+    if len(encoded) > MAX_PASSWORD_BYTES:  # check_password_strength says so first; never hash a truncated one
+        raise ValidationError(f"The password is too long: at most {MAX_PASSWORD_BYTES} bytes.", field="password")
     rounds = int(os.environ.get(_BCRYPT_ROUNDS_ENV, "12"))
-    return bcrypt.hashpw(password.encode()[:72], bcrypt.gensalt(rounds)).decode()
+    return bcrypt.hashpw(encoded, bcrypt.gensalt(rounds)).decode()
 
 
 def password_matches(password: str, password_hash: str | None) -> bool:
     if not password_hash:
         return False
-    return bcrypt.checkpw(password.encode()[:72], password_hash.encode())
+    # No password over 72 bytes can be set any more; one set before is still checked on its first 72
+    # bytes, as bcrypt always did, so nobody is locked out.
+    return bcrypt.checkpw(password.encode()[:MAX_PASSWORD_BYTES], password_hash.encode())
+
+
+def revoke_open_resets(session, user_id: int, now: datetime, *, keep_id: int | None = None) -> int:
+    """End every open password-reset link of a user (but ``keep_id``); returns how many."""
+    from core.db.models import PasswordReset
+
+    query = update(PasswordReset).where(PasswordReset.user_id == user_id, PasswordReset.used_at.is_(None),
+                                        PasswordReset.revoked_at.is_(None), PasswordReset.expires_at > now)
+    if keep_id is not None:
+        query = query.where(PasswordReset.id != keep_id)
+    return session.execute(query.values(revoked_at=now)).rowcount
 
 
 _DUMMY_HASH = None
@@ -125,7 +176,7 @@ def create_user(db: Database, *, actor: Actor, email: str, name: str, role: str,
     if actor.role == "manager" and role != "investor":
         raise PermissionDenied("A manager may only add investors.")
     if password is not None:
-        check_password_strength(password)
+        check_password_strength(password, email=email, name=name)
     with db.transaction() as session:
         if session.scalar(select(User.id).where(User.email == email)) is not None:
             raise ValidationError(f"A user with the email {email} already exists.", field="email")
@@ -254,14 +305,15 @@ def unlock(db: Database, *, actor: Actor, user_id: int) -> UserView:
 def set_password(db: Database, *, actor: Actor, user_id: int, password: str) -> None:
     if actor.id != user_id:
         require_role(actor, "admin", action="set other users' passwords")
-    check_password_strength(password)
     with db.transaction() as session:
         user = session.get(User, user_id)
         if user is None or user.status == "system":
             raise NotFound(f"No user with id {user_id}.")
+        check_password_strength(password, email=user.email, name=user.name)
         user.password_hash = hash_password(password)
         user.failed_logins = 0
         user.locked_until = None
+        revoke_open_resets(session, user_id, utcnow())
         audit.record(session, actor, "user.set_password", "user", user_id, None, None)
 
 

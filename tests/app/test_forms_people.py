@@ -147,6 +147,18 @@ def test_a_locked_out_user_resets_the_password_from_the_link(db):
     assert users.authenticate(db, email=me.email, password=NEW_PASSWORD).id == me.id  # and the lockout is gone
 
 
+def test_a_replaced_reset_link_says_so_when_opened(db):
+    me = make_user(db, "manager")
+    admin = make_user(db, "admin")
+    old = auth.issue_reset_link(db, actor=admin, user_id=me.id).split("=", 1)[1]
+    auth.issue_reset_link(db, actor=admin, user_id=me.id)  # a newer link replaces it
+    at = open_app(db)
+    at.query_params["reset"] = old
+    at.run()
+    assert [e.value for e in at.error] == [auth.NO_LONGER_VALID]
+    assert "New password" not in [t.label for t in at.text_input]
+
+
 def test_forgot_password_says_the_same_whether_or_not_the_account_exists(db):
     me = make_user(db, "investor")
     answers = []

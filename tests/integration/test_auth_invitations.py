@@ -6,6 +6,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
+from core.crypto import decrypt
 from core.db.models import Invitation, OutboxMessage, PasswordReset, User, utcnow
 from core.domain.errors import AuthenticationError, PermissionDenied, ValidationError
 from core.services import auth, users
@@ -29,7 +30,8 @@ def test_admin_invites_a_manager_who_sets_a_password_once(db):
     assert result.emailed is False
     sent = _outbox(db, "invitation")
     assert [m["to_email"] for m in sent] == ["new.manager@example.com"]
-    assert sent[0]["context"]["link"] == result.link
+    assert result.link not in str(sent[0]) and _token(result.link) not in str(sent[0])  # only encrypted
+    assert decrypt(sent[0]["sealed_link"]) == result.link
     with db.read() as session:
         user = session.scalar(select(User).where(User.email == "new.manager@example.com"))
         assert (user.status, user.role, user.password_hash) == ("invited", "manager", None)
@@ -50,7 +52,7 @@ def test_admin_invites_a_manager_who_sets_a_password_once(db):
     assert users.authenticate(db, email="new.manager@example.com", password="a-long-password").id == actor.id
     with pytest.raises(ValidationError) as reused:
         auth.accept_invitation(db, token=_token(result.link), password="another-long-one")
-    assert reused.value.message == auth.INVALID_LINK
+    assert reused.value.message == auth.NO_LONGER_VALID
 
 
 def test_with_email_configured_the_link_is_not_shown(db, monkeypatch):
@@ -107,7 +109,7 @@ def test_password_reset_is_mailed_used_once_and_signs_out_everywhere(db):
     mails = _outbox(db, "password_reset")
     assert [m["to_email"] for m in mails] == ["forgot@example.com"]
     assert "password" not in str(mails[0]["context"]).replace("password_reset", "")  # a link, never a password
-    token = _token(mails[0]["context"]["link"])
+    token = _token(decrypt(mails[0]["sealed_link"]))
     auth.reset_password(db, token=token, password="brand-new-password")
     assert auth.validate_session(db, token=session_token) is None
     assert users.authenticate(db, email="forgot@example.com", password="brand-new-password").id == investor.id
