@@ -38,6 +38,8 @@ class Settings(BaseSettings):
         default=None, description="Comma-separated Fernet keys; the first encrypts, all decrypt."
     )
     base_url: str = "http://localhost:8501"
+    audit_key: SecretStr | None = Field(
+        default=None, description="Key of the audit log's HMAC chain; default: derived from the secret key.")
 
     session_idle_minutes: int = 30
     session_max_hours: int = 12
@@ -126,6 +128,12 @@ class Settings(BaseSettings):
             return [k.strip().encode() for k in self.encryption_keys.get_secret_value().split(",") if k.strip()]
         return [_derive_fernet_key(self.secret())]
 
+    def audit_chain_key(self) -> bytes:
+        """The 32-byte HMAC key of the audit chain. It lives outside the database (setting or secret), so
+        someone who can write to the database cannot recompute the chain after editing a row."""
+        source = self.audit_key.get_secret_value() if self.audit_key is not None else self.secret()
+        return _hkdf(source, b"pooldesk-audit-chain")
+
 
 def _derive_fernet_key(secret: str) -> bytes:
     from cryptography.hazmat.primitives import hashes
@@ -133,6 +141,13 @@ def _derive_fernet_key(secret: str) -> bytes:
 
     raw = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"pooldesk-fernet").derive(secret.encode())
     return base64.urlsafe_b64encode(raw)
+
+
+def _hkdf(secret: str, info: bytes) -> bytes:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(secret.encode())
 
 
 def _load_or_create_secret(path: Path) -> str:

@@ -1,18 +1,25 @@
-"""Positions and pool totals are a cache of the journal; this checks that they agree.
+"""Positions and pool totals are a cache of the journal; this checks that they agree, and that the
+journal is still what the audit log says was posted.
 
-Run by `pooldesk reconcile` and by the tests after every scenario. Everything is
-computed with SQL aggregates over integer columns, so it is exact and quick on
-millions of journal rows.
+Run by `pooldesk reconcile` and by the tests after every scenario. The totals are
+computed with SQL aggregates over integer columns, so they are exact and quick on
+millions of journal rows. Legs edited in place so that every total still balances
+(100.00 moved from one investor's leg to another's, and their positions with them)
+are caught by the second check: each posting's audit row carries the digest of the
+legs it wrote (``audit.legs_digest``), and the legs are read back and digested again.
 """
 from __future__ import annotations
 
 from decimal import Decimal
 
-from sqlalchemy import func, select
+import json
+
+from sqlalchemy import Text, cast, func, select
 from sqlalchemy.orm import Session
 
-from core.db.models import JournalEntry, Pool, Position
+from core.db.models import AuditEvent, JournalEntry, Pool, Position, Transaction
 from core.db.session import Database
+from core.services import audit
 
 ZERO = Decimal(0)
 
@@ -70,6 +77,72 @@ def reconcile_session(session: Session) -> list[str]:
         ).all()
         for ident, amount, units in unbalanced:
             problems.append(f"journal entry for {column.key} {ident} does not balance (amount {amount}, units {units})")
+    problems += check_leg_digests(session, pools)
+    return problems
+
+
+# The audit rows that carry a posting's legs digest, and the legs each one covers.
+_LEG_ACTIONS = ("transaction.settle", "transaction.reverse", "valuation.record", "distribution.declare",
+                "import.apply")
+
+
+def check_leg_digests(session: Session, pools: dict[int, Pool] | None = None) -> list[str]:
+    """Recompute the digest of every posting's legs from the journal and compare it with the one its
+    audit row recorded. Rows written before the digests existed have none and are not checked."""
+    pools = pools if pools is not None else {p.id: p for p in session.scalars(select(Pool))}
+    expected: dict[tuple[str, int], tuple[int, str]] = {}  # owner: (audit row, digest)
+    imports: dict[int, list[tuple[int, int, int]]] = {}  # pool: [(first leg id, last leg id, audit row)]
+    rows = session.execute(select(AuditEvent.id, AuditEvent.action, AuditEvent.entity_id, cast(AuditEvent.after, Text))
+                           .where(AuditEvent.action.in_(_LEG_ACTIONS)).order_by(AuditEvent.id)
+                           .execution_options(yield_per=5000))
+    for event_id, action, entity_id, after_text in rows:
+        after = json.loads(after_text) if after_text else {}
+        if not isinstance(after, dict) or "legs" not in after:
+            continue
+        if action == "import.apply":
+            first, last = after.get("journal") or (None, None)
+            if first is not None:
+                imports.setdefault(int(entity_id), []).append((int(first), int(last), event_id))
+            owner = ("import", event_id)
+        elif action == "transaction.reverse":
+            owner = ("transaction", int(after["reversal_id"]))
+        else:
+            owner = (action.split(".")[0], int(entity_id))
+        expected[owner] = (event_id, after["legs"])
+    if not expected:
+        return []
+    # A reinvestment's legs belong to the distribution that issued it (one digest covers both).
+    reinvested = dict(session.execute(select(Transaction.id, Transaction.distribution_id).where(
+        Transaction.kind == "reinvestment", Transaction.distribution_id.is_not(None))).all())
+    lines: dict[tuple[str, int], list[str]] = {owner: [] for owner in expected}
+    legs = session.execute(
+        select(JournalEntry.id, JournalEntry.pool_id, JournalEntry.transaction_id, JournalEntry.valuation_id,
+               JournalEntry.distribution_id, JournalEntry.account, JournalEntry.investor_id, JournalEntry.amount,
+               JournalEntry.units).execution_options(yield_per=20000))
+    for leg_id, pool_id, tx_id, valuation_id, distribution_id, account, investor_id, amount, units in legs:
+        owner = None
+        for first, last, event_id in imports.get(pool_id, ()):
+            if first <= leg_id <= last:
+                owner = ("import", event_id)
+                break
+        if owner is None:
+            if tx_id is not None:
+                owner = ("distribution", reinvested[tx_id]) if tx_id in reinvested else ("transaction", tx_id)
+            elif valuation_id is not None:
+                owner = ("valuation", valuation_id)
+            elif distribution_id is not None:
+                owner = ("distribution", distribution_id)
+        if owner in lines:
+            lines[owner].append(audit.leg_line(account, investor_id, amount, units))
+    problems = []
+    for owner, (event_id, digest) in sorted(expected.items(), key=lambda item: item[1][0]):
+        found = lines[owner]
+        if audit.legs_digest_of_lines(found) == digest:
+            continue
+        what = (f"the import of audit row {event_id}" if owner[0] == "import"
+                else f"{owner[0]} {owner[1]}")
+        problems.append(f"{what}: its journal legs are not the ones the audit log recorded "
+                        f"(audit row {event_id}); they were changed after posting")
     return problems
 
 
