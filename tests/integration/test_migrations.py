@@ -48,8 +48,7 @@ def test_the_hot_path_migration_goes_down_and_up_with_the_books_intact(pg_db):
                                           payment="received")
 
     assert post("before", "100.00").units == Decimal("10.000000")
-    command.downgrade(config, "0002_hot_paths")
-    assert post("downgraded", "50.00").units == Decimal("5.000000")
+    command.downgrade(config, "0002_hot_paths")  # (posting there needs the code of its day: 0009c keys the audit chain)
     command.upgrade(config, "heads")
     assert post("upgraded", "25.00").units == Decimal("2.500000")
     assert reconcile(pg_db) == []
@@ -57,4 +56,4 @@ def test_the_hot_path_migration_goes_down_and_up_with_the_books_intact(pg_db):
         report = audit.verify(session)
         assert report.ok, report.problem
         assert session.execute(text("SELECT version_num FROM alembic_version ORDER BY 1")).scalars().all() == [
-            "0005_jobs_payouts", "0008_journal_indexes"]
+            "0005_jobs_payouts", "0009c_keyed_audit"]
