@@ -69,7 +69,7 @@ def migrate():
     from core.db.migrate import migrate as run
 
     settings = get_settings()
-    run(settings.effective_database_url)
+    run(settings.migration_database_url or settings.effective_database_url)
     click.echo(f"Database is up to date ({'SQLite' if settings.is_sqlite else 'PostgreSQL'}).")
 
 

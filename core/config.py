@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     env: Literal["development", "production", "test"] = "development"
     data_dir: Path = PROJECT_ROOT / "data"
     database_url: str = ""
+    migration_database_url: str = Field(
+        default="", description="`pooldesk migrate` connects with this (the tables' owner) when the app's own "
+                                "URL is a least-privilege role; default: database_url.")
     redis_url: str = ""
     secret_key: SecretStr | None = None
     encryption_keys: SecretStr | None = Field(
@@ -65,7 +68,7 @@ class Settings(BaseSettings):
     risk_free_rate: Decimal = Decimal("0.02")
     large_flow_threshold: Decimal = Decimal("100000")
 
-    @field_validator("database_url", mode="before")
+    @field_validator("database_url", "migration_database_url", mode="before")
     @classmethod
     def _normalise_db_url(cls, value: str | None) -> str:
         value = (value or "").strip()

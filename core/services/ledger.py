@@ -400,7 +400,7 @@ def _refusal(reason: str, detail: str | None) -> ValidationError | PermissionDen
     """The words of the Python path for a refusal raised by ``pooldesk_post_flow``."""
     if reason == "not_permitted":  # the actor's role and status, as the users table has them now
         role, status = detail.split()
-        if status != "active":
+        if status not in ("active", "system"):
             return PermissionDenied("Your account is not active, so you may not record transactions in this pool.")
         return manager_refusal(Actor(0, role, ""), "record transactions in this pool")
     if reason == "pool_not_open":

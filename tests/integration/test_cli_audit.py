@@ -64,3 +64,18 @@ def test_verify_says_a_changed_key_makes_every_row_look_edited(run, db, monkeypa
     assert result.exit_code == 1
     assert "Audit log broken: row 1 was edited after it was written." in result.output
     assert "If the audit key (POOLDESK_AUDIT_KEY, else the secret key) changed" in result.output
+
+
+def test_migrate_uses_the_owner_url_when_one_is_given(run, db, tmp_path, monkeypatch):
+    """The app runs as a least-privilege role; `pooldesk migrate` connects as the tables' owner."""
+    from sqlalchemy import create_engine, inspect
+
+    from core.config import reset_settings_cache
+
+    owner = tmp_path / "owner.db"
+    monkeypatch.setenv("POOLDESK_MIGRATION_DATABASE_URL", f"sqlite:///{owner}")
+    reset_settings_cache()
+    assert run("migrate").exit_code == 0
+    engine = create_engine(f"sqlite:///{owner}")
+    assert "audit_log" in inspect(engine).get_table_names()
+    engine.dispose()

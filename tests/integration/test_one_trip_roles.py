@@ -93,5 +93,6 @@ def test_an_admin_and_an_assigned_manager_still_post_in_one_trip(demoted):
     with db.engine.begin() as conn:
         conn.execute(text("INSERT INTO pool_managers (pool_id, user_id) VALUES (:p, :u)"), {"p": pool.id, "u": other.id})
     assert flow(db, admin, pool, investor, "admin-posts").status == "settled"
+    assert flow(db, users.system_actor(db), pool, investor, "system-posts").status == "settled"  # the command
     assert flow(db, other, pool, investor, "manager-posts").status == "settled"
     assert reconcile(db) == []

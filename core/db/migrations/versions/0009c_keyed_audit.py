@@ -9,9 +9,9 @@ least-privilege database role for the app.
   rows are left as they are, so ``pooldesk audit verify`` still names that row.
 * ``pooldesk_post_flow`` writes the digest of the two legs it posts into its
   ``transaction.settle`` row (``legs``; see ``audit.legs_digest``) and refuses an actor who is not,
-  in ``users``, an active admin or an active manager assigned to the pool (``not_permitted``, the
-  role and status as the detail); ``pooldesk_post_checked_flow`` answers ``check`` for such an actor
-  instead of trusting the caller's word that it is an admin.
+  in ``users``, an active admin (or the system user), or an active manager assigned to the pool
+  (``not_permitted``, the role and status as the detail); ``pooldesk_post_checked_flow`` answers
+  ``check`` for such an actor instead of trusting the caller's word that it is an admin.
 * ``pooldesk_app``: a NOLOGIN role that may read and write every table but only read and append to
   ``audit_log`` and ``journal_entries`` (and only read ``alembic_version``). ``pooldesk_grant_app_role()``
   grants it again after a later migration or when the role could not be created here (the migration
@@ -153,11 +153,12 @@ BEGIN
         END IF;
     END IF;
     -- Who may post, as core.services.context.manages_pool says, from the users table as it is now (not
-    -- from what the caller believes): an active admin, or an active manager assigned to the pool.
+    -- from what the caller believes): an active admin (or the system user the command and the workers
+    -- act as), or an active manager assigned to the pool.
     SELECT u.role, u.status, m.user_id INTO v_actor_role, v_actor_status, v_assigned
       FROM users u LEFT JOIN pool_managers m ON m.pool_id = p_pool_id AND m.user_id = u.id
      WHERE u.id = p_actor_id;
-    IF v_actor_status IS DISTINCT FROM 'active'
+    IF v_actor_status IS NULL OR v_actor_status NOT IN ('active', 'system')
        OR NOT (v_actor_role = 'admin' OR (v_actor_role = 'manager' AND v_assigned IS NOT NULL)) THEN
         RAISE EXCEPTION 'not_permitted' USING ERRCODE = 'P0001',
               DETAIL = coalesce(v_actor_role, '-') || ' ' || coalesce(v_actor_status, '-');
@@ -336,7 +337,7 @@ BEGIN
         RETURN QUERY SELECT NULL::integer, NULL::bigint, NULL::bigint, NULL::bigint, 'general'::text, NULL::bigint;
         RETURN;
     END IF;
-    IF v_actor_status IS DISTINCT FROM 'active'
+    IF v_actor_status IS NULL OR v_actor_status NOT IN ('active', 'system')
        OR NOT (v_actor_role = 'admin' OR (v_actor_role = 'manager' AND v_assigned IS NOT NULL))
        OR (p_amount IS NOT NULL AND p_amount % (10 ^ (4 - p_minor))::bigint <> 0)
        OR v_status <> 'open' OR p_effective < v_inception OR p_effective > p_today
