@@ -67,3 +67,30 @@ def test_the_app_role_posts_but_cannot_rewrite_history(app_db):
     engine.dispose()
     with app_db.read() as session:
         assert audit.verify(session).ok
+
+
+@pytest.mark.parametrize("as_owner", [False, True])
+def test_a_bulk_import_as_the_app_role_goes_row_by_row(request, monkeypatch, as_owner):
+    """Taking the journal's keys and indexes off needs the owner: as pooldesk_app the import finds it
+    may not, and writes the same rows without them (the owner, for comparison, loads in bulk)."""
+    from core.services import import_writer
+
+    app_db = request.getfixturevalue("pg_db" if as_owner else "app_db")
+    monkeypatch.setattr(import_writer, "BULK_MIN_ROWS", 1)  # a "first large load", whatever its size
+    entered: list[bool] = []
+    finish = import_writer.PostingWriter.finish
+
+    def spy(writer, *args, **kwargs):
+        entered.append(writer.bulk)
+        return finish(writer, *args, **kwargs)
+
+    monkeypatch.setattr(import_writer.PostingWriter, "finish", spy)
+    manager = make_user(app_db, "manager")
+    make_user(app_db, "investor", email="bulk@example.com")
+    make_pool(app_db, manager, code="BULKAPP")
+    result = import_csv(app_db, actor=manager, pool_code="BULKAPP", source=(
+        "date,type,investor,amount,units,note\n"
+        "2024-01-02,contribution,bulk@example.com,100.00,,\n"
+        "2024-01-09,valuation,,110.00,,\n"))
+    assert (result.contributions, result.valuations, entered) == (1, 1, [as_owner])
+    assert reconcile(app_db) == []
