@@ -14,7 +14,7 @@ from decimal import Decimal
 
 import json
 
-from sqlalchemy import Text, cast, func, select
+from sqlalchemy import BigInteger, Text, and_, cast, func, not_, or_, select, true, type_coerce
 from sqlalchemy.orm import Session
 
 from core.db.models import AuditEvent, JournalEntry, Pool, Position, Transaction
@@ -77,7 +77,7 @@ def reconcile_session(session: Session) -> list[str]:
         ).all()
         for ident, amount, units in unbalanced:
             problems.append(f"journal entry for {column.key} {ident} does not balance (amount {amount}, units {units})")
-    problems += check_leg_digests(session, pools)
+    problems += check_leg_digests(session)
     return problems
 
 
@@ -86,10 +86,9 @@ _LEG_ACTIONS = ("transaction.settle", "transaction.reverse", "valuation.record",
                 "import.apply")
 
 
-def check_leg_digests(session: Session, pools: dict[int, Pool] | None = None) -> list[str]:
+def check_leg_digests(session: Session) -> list[str]:
     """Recompute the digest of every posting's legs from the journal and compare it with the one its
     audit row recorded. Rows written before the digests existed have none and are not checked."""
-    pools = pools if pools is not None else {p.id: p for p in session.scalars(select(Pool))}
     expected: dict[tuple[str, int], tuple[int, str]] = {}  # owner: (audit row, digest)
     imports: dict[int, list[tuple[int, int, int]]] = {}  # pool: [(first leg id, last leg id, audit row)]
     rows = session.execute(select(AuditEvent.id, AuditEvent.action, AuditEvent.entity_id, cast(AuditEvent.after, Text))
@@ -101,8 +100,9 @@ def check_leg_digests(session: Session, pools: dict[int, Pool] | None = None) ->
             continue
         if action == "import.apply":
             first, last = after.get("journal") or (None, None)
-            if first is not None:
-                imports.setdefault(int(entity_id), []).append((int(first), int(last), event_id))
+            if first is None:
+                continue  # it wrote no legs
+            imports.setdefault(int(entity_id), []).append((int(first), int(last), event_id))
             owner = ("import", event_id)
         elif action == "transaction.reverse":
             owner = ("transaction", int(after["reversal_id"]))
@@ -114,33 +114,34 @@ def check_leg_digests(session: Session, pools: dict[int, Pool] | None = None) ->
     # A reinvestment's legs belong to the distribution that issued it (one digest covers both).
     reinvested = dict(session.execute(select(Transaction.id, Transaction.distribution_id).where(
         Transaction.kind == "reinvestment", Transaction.distribution_id.is_not(None))).all())
-    lines: dict[tuple[str, int], list[str]] = {owner: [] for owner in expected}
+    found: dict[tuple[str, int], str] = {}
+    imported = []
+    for pool_id, ranges in imports.items():  # an import's legs are digested where they are (millions of them)
+        for first, last, event_id in ranges:
+            found[("import", event_id)] = audit.journal_range_digest(session, pool_id, first, last)
+            imported.append(and_(JournalEntry.pool_id == pool_id, JournalEntry.id.between(first, last)))
+    lines: dict[tuple[str, int], list[str]] = {owner: [] for owner in expected if owner[0] != "import"}
+    # The stored integers, not Decimals: this reads every other leg.
     legs = session.execute(
-        select(JournalEntry.id, JournalEntry.pool_id, JournalEntry.transaction_id, JournalEntry.valuation_id,
-               JournalEntry.distribution_id, JournalEntry.account, JournalEntry.investor_id, JournalEntry.amount,
-               JournalEntry.units).execution_options(yield_per=20000))
-    for leg_id, pool_id, tx_id, valuation_id, distribution_id, account, investor_id, amount, units in legs:
-        owner = None
-        for first, last, event_id in imports.get(pool_id, ()):
-            if first <= leg_id <= last:
-                owner = ("import", event_id)
-                break
-        if owner is None:
-            if tx_id is not None:
-                owner = ("distribution", reinvested[tx_id]) if tx_id in reinvested else ("transaction", tx_id)
-            elif valuation_id is not None:
-                owner = ("valuation", valuation_id)
-            elif distribution_id is not None:
-                owner = ("distribution", distribution_id)
+        select(JournalEntry.transaction_id, JournalEntry.valuation_id, JournalEntry.distribution_id,
+               JournalEntry.account, JournalEntry.investor_id,
+               type_coerce(JournalEntry.amount, BigInteger), type_coerce(JournalEntry.units, BigInteger))
+        .where(not_(or_(*imported)) if imported else true()).execution_options(yield_per=20000))
+    for tx_id, valuation_id, distribution_id, account, investor_id, amount, units in legs:
+        if tx_id is not None:
+            owner = ("distribution", reinvested[tx_id]) if tx_id in reinvested else ("transaction", tx_id)
+        elif valuation_id is not None:
+            owner = ("valuation", valuation_id)
+        else:
+            owner = ("distribution", distribution_id)
         if owner in lines:
-            lines[owner].append(audit.leg_line(account, investor_id, amount, units))
+            lines[owner].append(audit.stored_leg_line(account, investor_id, amount, units))
+    found.update((owner, audit.legs_digest_of_lines(owner_lines)) for owner, owner_lines in lines.items())
     problems = []
     for owner, (event_id, digest) in sorted(expected.items(), key=lambda item: item[1][0]):
-        found = lines[owner]
-        if audit.legs_digest_of_lines(found) == digest:
+        if found[owner] == digest:
             continue
-        what = (f"the import of audit row {event_id}" if owner[0] == "import"
-                else f"{owner[0]} {owner[1]}")
+        what = f"the import of audit row {event_id}" if owner[0] == "import" else f"{owner[0]} {owner[1]}"
         problems.append(f"{what}: its journal legs are not the ones the audit log recorded "
                         f"(audit row {event_id}); they were changed after posting")
     return problems
