@@ -16,7 +16,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -67,6 +67,7 @@ class Settings(BaseSettings):
 
     risk_free_rate: Decimal = Decimal("0.02")
     large_flow_threshold: Decimal = Decimal("100000")
+    _audit_chain_key: bytes | None = PrivateAttr(default=None)
 
     @field_validator("database_url", "migration_database_url", mode="before")
     @classmethod
@@ -133,9 +134,12 @@ class Settings(BaseSettings):
 
     def audit_chain_key(self) -> bytes:
         """The 32-byte HMAC key of the audit chain. It lives outside the database (setting or secret), so
-        someone who can write to the database cannot recompute the chain after editing a row."""
-        source = self.audit_key.get_secret_value() if self.audit_key is not None else self.secret()
-        return _hkdf(source, b"pooldesk-audit-chain")
+        someone who can write to the database cannot recompute the chain after editing a row. Derived
+        once per Settings: every audit row and every settled flow asks for it."""
+        if self._audit_chain_key is None:
+            source = self.audit_key.get_secret_value() if self.audit_key is not None else self.secret()
+            self._audit_chain_key = _hkdf(source, b"pooldesk-audit-chain")
+        return self._audit_chain_key
 
 
 def _derive_fernet_key(secret: str) -> bytes:
