@@ -70,7 +70,7 @@ def migrate():
     from core.db.migrate import migrate as run
 
     settings = get_settings()
-    run(settings.effective_database_url)
+    run(settings.migration_database_url or settings.effective_database_url)
     click.echo(f"Database is up to date ({'SQLite' if settings.is_sqlite else 'PostgreSQL'}).")
 
 
@@ -201,16 +201,22 @@ def audit():
 
 
 @audit.command("verify")
-def audit_verify():
-    """Check the audit log's hash chain; exit 1 if a row was edited or deleted."""
+@click.option("--expect-head", "expect_head", metavar="HASH",
+              help="A head written down earlier (`pooldesk audit head`): it must still be in the chain.")
+def audit_verify(expect_head):
+    """Check the audit log's keyed hash chain; exit 1 if a row was edited or deleted."""
     from core.services.audit import verify
 
     with _db().read() as session:
-        result = verify(session)
+        result = verify(session, expect_head=expect_head)
     if result.ok:
-        click.echo(f"Audit log intact: {result.checked} rows verified.")
+        anchored = " (the anchored head is in the chain)" if expect_head else ""
+        click.echo(f"Audit log intact: {result.checked} rows verified{anchored}.")
         return
     click.echo(f"Audit log broken: {result.problem}.", err=True)
+    if result.problem.endswith("was edited after it was written") and result.event_id == _first_audit_row():
+        click.echo("If the audit key (POOLDESK_AUDIT_KEY, else the secret key) changed, every row looks edited: "
+                   "verify with the key the rows were written with.", err=True)
     sys.exit(1)
 
 
@@ -229,6 +235,30 @@ def new_key(from_secret):
         click.echo(_derive_fernet_key(Settings(env="development", encryption_keys=None).secret()).decode())
         return
     click.echo(Fernet.generate_key().decode())
+
+
+def _first_audit_row() -> int | None:
+    from sqlalchemy import func, select
+
+    from core.db.models import AuditEvent
+
+    with _db().read() as session:
+        return session.scalar(select(func.min(AuditEvent.id)))
+
+
+@audit.command("head")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of a line of text.")
+def audit_head(as_json):
+    """Print the chain head (hash, last row, row count, time) to keep outside the database."""
+    from core.services.audit import head
+
+    with _db().read() as session:
+        found = head(session)
+    at = found.at.isoformat() if found.at else None
+    if as_json:
+        click.echo(json.dumps({"hash": found.hash, "last_id": found.last_id, "rows": found.rows, "at": at}))
+        return
+    click.echo(f"{found.hash} row {found.last_id} of {found.rows} at {at or '-'}")
 
 
 @cli.command("rotate-keys")

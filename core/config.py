@@ -18,7 +18,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -38,12 +38,17 @@ class Settings(BaseSettings):
     env: Literal["development", "production", "test"] = "development"
     data_dir: Path = PROJECT_ROOT / "data"
     database_url: str = ""
+    migration_database_url: str = Field(
+        default="", description="`pooldesk migrate` connects with this (the tables' owner) when the app's own "
+                                "URL is a least-privilege role; default: database_url.")
     redis_url: str = ""
     secret_key: SecretStr | None = None
     encryption_keys: SecretStr | None = Field(
         default=None, description="Comma-separated Fernet keys; the first encrypts, all decrypt."
     )
     base_url: str = "http://localhost:8501"
+    audit_key: SecretStr | None = Field(
+        default=None, description="Key of the audit log's HMAC chain; default: derived from the secret key.")
 
     session_idle_minutes: int = 30
     session_max_hours: int = 12
@@ -68,8 +73,9 @@ class Settings(BaseSettings):
 
     risk_free_rate: Decimal = Decimal("0.02")
     large_flow_threshold: Decimal = Decimal("100000")
+    _audit_chain_key: bytes | None = PrivateAttr(default=None)
 
-    @field_validator("database_url", mode="before")
+    @field_validator("database_url", "migration_database_url", mode="before")
     @classmethod
     def _normalise_db_url(cls, value: str | None) -> str:
         value = (value or "").strip()
@@ -174,6 +180,15 @@ class Settings(BaseSettings):
             raise ConfigurationError("POOLDESK_ENCRYPTION_KEYS is required in production mode.")
         return [_derive_fernet_key(self.secret())]
 
+    def audit_chain_key(self) -> bytes:
+        """The 32-byte HMAC key of the audit chain. It lives outside the database (setting or secret), so
+        someone who can write to the database cannot recompute the chain after editing a row. Derived
+        once per Settings: every audit row and every settled flow asks for it."""
+        if self._audit_chain_key is None:
+            source = self.audit_key.get_secret_value() if self.audit_key is not None else self.secret()
+            self._audit_chain_key = _hkdf(source, b"pooldesk-audit-chain")
+        return self._audit_chain_key
+
 
 def _derive_fernet_key(secret: str) -> bytes:
     from cryptography.hazmat.primitives import hashes
@@ -181,6 +196,13 @@ def _derive_fernet_key(secret: str) -> bytes:
 
     raw = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"pooldesk-fernet").derive(secret.encode())
     return base64.urlsafe_b64encode(raw)
+
+
+def _hkdf(secret: str, info: bytes) -> bytes:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(secret.encode())
 
 
 def _load_or_create_secret(path: Path) -> str:

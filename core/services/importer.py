@@ -370,6 +370,7 @@ def import_csv(db: Database, *, actor: Actor, pool_code: str, source: TextIO | I
         text, lines = _slurp(source)
         data = text.encode()
         digest = hashlib.sha256(data).hexdigest()
+        legs_before = audit.last_journal_id(session)
         result = import_columns.import_columns(session, actor, pool, text, data, create_investors)
         if result is None:
             errors: list[str] = []
@@ -381,7 +382,7 @@ def import_csv(db: Database, *, actor: Actor, pool_code: str, source: TextIO | I
             "rows": result.rows, "sha256": digest, "contributions": result.contributions,
             "withdrawals": result.withdrawals, "distributions": result.distributions,
             "valuations": result.valuations, "pending": result.pending,
-            "investors_created": result.investors_created})
+            "investors_created": result.investors_created, **audit.journal_since(session, pool.id, legs_before)})
         return result
 
 

@@ -106,8 +106,9 @@ def current_price(pool: Pool) -> Decimal:
 
 def post_legs(session: Session, pool: Pool, effective: date, legs: list[tuple[str, int | None, Decimal, Decimal]], *,
               transaction_id: int | None = None, valuation_id: int | None = None,
-              distribution_id: int | None = None) -> None:
-    """Rule 7: write balanced legs (account, investor, amount, units); refuse anything unbalanced."""
+              distribution_id: int | None = None) -> list[tuple[str, int | None, Decimal, Decimal]]:
+    """Rule 7: write balanced legs (account, investor, amount, units); refuse anything unbalanced.
+    Returns the legs, whose digest (audit.legs_digest) goes into the posting's audit row."""
     if sum((leg[2] for leg in legs), ZERO) != 0 or sum((leg[3] for leg in legs), ZERO) != 0:
         raise AssertionError(f"unbalanced journal entry: {legs}")
     now = utcnow()
@@ -119,14 +120,16 @@ def post_legs(session: Session, pool: Pool, effective: date, legs: list[tuple[st
              created_at=now)
         for account, investor_id, amount, units in legs])
     pool.ledger_version += 1
+    return legs
 
 
-def settle_contribution(session: Session, pool: Pool, tx: Transaction, price: Decimal) -> None:
+def settle_contribution(session: Session, pool: Pool, tx: Transaction, price: Decimal) -> list[tuple]:
+    """Issue the units; returns the legs posted."""
     units = accounting.units_for_contribution(tx.amount, price)
     if units <= 0:
         raise ValidationError("The amount is too small to buy any units at the current unit value.", field="amount")
     position = position_for(session, pool, tx.investor_id)
-    post_legs(session, pool, tx.effective_date, [
+    legs = post_legs(session, pool, tx.effective_date, [
         ("pool", None, tx.amount, -units),
         ("investor", tx.investor_id, -tx.amount, units),
     ], transaction_id=tx.id)
@@ -138,6 +141,7 @@ def settle_contribution(session: Session, pool: Pool, tx: Transaction, price: De
     pool.total_assets += tx.amount
     pool.last_flow_date = max(pool.last_flow_date or tx.effective_date, tx.effective_date)
     tx.units, tx.price, tx.status, tx.settled_at = units, price, "settled", utcnow()
+    return legs
 
 
 def price_withdrawal(pool: Pool, position: Position, tx: Transaction, price: Decimal,
@@ -162,11 +166,12 @@ def price_withdrawal(pool: Pool, position: Position, tx: Transaction, price: Dec
 
 
 def settle_withdrawal(session: Session, pool: Pool, tx: Transaction, units: Decimal, amount: Decimal,
-                      price: Decimal) -> None:
+                      price: Decimal) -> list[tuple]:
+    """Redeem the units; returns the legs posted."""
     position = position_for(session, pool, tx.investor_id)
     if units > position.units:
         raise ValidationError(f"The investor holds {position.units} units, fewer than the {units} to redeem.")
-    post_legs(session, pool, tx.effective_date, [
+    legs = post_legs(session, pool, tx.effective_date, [
         ("pool", None, -amount, units),
         ("investor", tx.investor_id, amount, -units),
     ], transaction_id=tx.id)
@@ -176,6 +181,7 @@ def settle_withdrawal(session: Session, pool: Pool, tx: Transaction, units: Deci
     pool.total_assets -= amount
     pool.last_flow_date = max(pool.last_flow_date or tx.effective_date, tx.effective_date)
     tx.units, tx.amount, tx.price, tx.status, tx.settled_at = units, amount, price, "settled", utcnow()
+    return legs
 
 
 def reserved_withdrawal_units(session: Session, pool_id: int, investor_id: int, exclude_id: int | None = None) -> Decimal:
@@ -246,11 +252,11 @@ _FLOW_CONTEXT = (
 _POST_FLOW = (
     "SELECT out_tx, out_units, out_amount, out_price, out_error FROM pooldesk_post_flow("
     "%(pool)s, %(investor)s, %(kind)s, %(mode)s, %(amount)s, %(units)s, %(minor)s, %(effective)s, %(actor)s, "
-    "%(note)s, %(key)s, %(payment)s, %(at)s, %(operation)s, %(request_hash)s)")
+    "%(note)s, %(key)s, %(payment)s, %(at)s, %(operation)s, %(request_hash)s, %(pads)s)")
 _POST_CHECKED_FLOW = (
     "SELECT out_tx, out_units, out_amount, out_price, out_error FROM pooldesk_post_checked_flow("
     "%(pool)s, %(investor)s, %(kind)s, %(mode)s, %(amount)s, %(units)s, %(currency)s, %(minor)s, %(effective)s, "
-    "%(today)s, %(actor)s, %(admin)s, %(note)s, %(key)s, %(payment)s, %(at)s, %(operation)s, %(request_hash)s)")
+    "%(today)s, %(actor)s, %(note)s, %(key)s, %(payment)s, %(at)s, %(operation)s, %(request_hash)s, %(pads)s)")
 
 
 def _settle_now_on_postgres(db: Database, *, actor: Actor, pool_id: int, investor_id: int, kind: str,
@@ -285,6 +291,7 @@ def _post_flow_once(db: Database, *, actor: Actor, pool_id: int, investor_id: in
                     operation: str, params: dict) -> TransactionView | None:
     at = utcnow()
     request = request_hash(operation, params)
+    pads = audit.key_pads(audit.chain_key())  # the audit chain's key, handed to the database per call
     # Autocommit: the function call is a transaction of its own (a refusal inside it is raised and
     # writes nothing), which saves the BEGIN and COMMIT round trips; plain rows, no ORM objects.
     with db.autocommit_engine.connect() as conn:
@@ -300,8 +307,8 @@ def _post_flow_once(db: Database, *, actor: Actor, pool_id: int, investor_id: in
                 row = _call(conn, raw, _POST_CHECKED_FLOW, retry=True, params=dict(
                     pool=pool_id, investor=investor_id, kind=kind, mode=mode, amount=fast[0], units=fast[1],
                     currency=currency, minor=minor_units(currency), effective=effective, today=date.today(),
-                    actor=actor.id, admin=actor.role == "admin", note=note, key=key, payment=payment, at=at,
-                    operation=operation, request_hash=request))
+                    actor=actor.id, note=note, key=key, payment=payment, at=at, operation=operation,
+                    request_hash=request, pads=pads))
             except psycopg.errors.UndefinedFunction:  # a database not yet migrated to 0007
                 row = (None, None, None, None, "unknown", None)
             if row[4] == "general":
@@ -317,7 +324,7 @@ def _post_flow_once(db: Database, *, actor: Actor, pool_id: int, investor_id: in
         (code, status, currency, policy, inception, minimum_raw, role, investor_status, email, assigned) = found
         if policy != "latest":
             return None
-        if actor.role != "admin" and assigned is None:
+        if not (actor.role == "admin" or (actor.role == "manager" and assigned is not None)):  # as manages_pool
             raise manager_refusal(actor, "record transactions in this pool")
         value = parse_amount(amount, currency) if mode in (None, "amount") else None
         unit_count = parse_units(units) if mode == "units" else None
@@ -334,7 +341,7 @@ def _post_flow_once(db: Database, *, actor: Actor, pool_id: int, investor_id: in
             amount=None if value is None else int(value.scaleb(MONEY_SCALE)),
             units=None if unit_count is None else int(unit_count.scaleb(UNITS_SCALE)),
             minor=minor_units(currency), effective=effective, actor=actor.id, note=note, key=key,
-            payment=payment, at=at, operation=operation, request_hash=request))
+            payment=payment, at=at, operation=operation, request_hash=request, pads=pads))
     return _flow_result(db, row, pool_id, investor_id, kind, mode, effective, note, at)
 
 
@@ -389,8 +396,13 @@ def _flow_result(db: Database, row: tuple, pool_id: int, investor_id: int, kind:
         mode if kind == "withdrawal" else None, effective, "manager", None, note, at, at, at, 1)
 
 
-def _refusal(reason: str, detail: str | None) -> ValidationError:
+def _refusal(reason: str, detail: str | None) -> ValidationError | PermissionDenied:
     """The words of the Python path for a refusal raised by ``pooldesk_post_flow``."""
+    if reason == "not_permitted":  # the actor's role and status, as the users table has them now
+        role, status = detail.split()
+        if status not in ("active", "system"):
+            return PermissionDenied("Your account is not active, so you may not record transactions in this pool.")
+        return manager_refusal(Actor(0, role, ""), "record transactions in this pool")
     if reason == "pool_not_open":
         return ValidationError("The pool was closed a moment ago: it takes no contributions or withdrawals.")
     if reason == "too_small":
@@ -531,15 +543,16 @@ def _payment_confirmed(session: Session, actor: Actor, pool: Pool, tx: Transacti
                          {"status": "pending", "payment_received": False},
                          {"status": "pending", "payment_received": True})
             return  # waits for the next valuation (rule 1, forward pricing)
-        settle_contribution(session, pool, tx, current_price(pool))
+        legs = settle_contribution(session, pool, tx, current_price(pool))
         event = "contribution_settled"
     else:
         if tx.price is None:
             _quote_withdrawal(session, pool, tx)
-        settle_withdrawal(session, pool, tx, tx.units, tx.amount, tx.price)
+        legs = settle_withdrawal(session, pool, tx, tx.units, tx.amount, tx.price)
         event = "withdrawal_paid"
     audit.record(session, actor, "transaction.settle", "transaction", tx.id, {"status": "pending"},
-                 {"status": "settled", "units": tx.units, "amount": tx.amount, "price": tx.price})
+                 {"status": "settled", "units": tx.units, "amount": tx.amount, "price": tx.price,
+                  "legs": audit.legs_digest(legs)})
     notify(session, event, pool_id=pool.id, transaction_id=tx.id)
 
 
@@ -651,7 +664,7 @@ def reverse_transaction(db: Database, *, actor: Actor, transaction_id: int, reas
                                created_by=actor.id, settled_at=utcnow())
         session.add(reversal)
         session.flush()
-        post_legs(session, pool, reversal.effective_date, [
+        legs = post_legs(session, pool, reversal.effective_date, [
             ("pool", None, sign * amount, -sign * units),
             ("investor", original.investor_id, -sign * amount, sign * units),
         ], transaction_id=reversal.id)
@@ -665,7 +678,7 @@ def reverse_transaction(db: Database, *, actor: Actor, transaction_id: int, reas
         else:
             position.contributed -= amount
         audit.record(session, actor, "transaction.reverse", "transaction", original.id, None,
-                     {"reversal_id": reversal.id, "reason": reversal.note})
+                     {"reversal_id": reversal.id, "reason": reversal.note, "legs": audit.legs_digest(legs)})
         return {"transaction_id": reversal.id}
 
     return _write_and_view(db, work, actor=actor, operation="reverse", params={"id": transaction_id}, key=key)

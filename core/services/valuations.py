@@ -95,6 +95,7 @@ def apply_valuation(session: Session, actor: Actor, pool: Pool, valuation_date: 
     if fees:
         legs += [("fee_expense", None, fees, ZERO), ("fees_payable", None, -fees, ZERO)]
     post_legs(session, pool, valuation_date, legs, valuation_id=valuation.id)
+    valuation.legs_digest = audit.legs_digest(legs)  # not a column: read by record_valuation's audit row
     for kind, amount, basis in (
         ("management", result.management_fee,
          f"{pool.management_fee_bps} bps a year on NAV {result.nav_before_fees} for {result.management_fee_days} days (Actual/365)"),
@@ -112,9 +113,10 @@ def apply_valuation(session: Session, actor: Actor, pool: Pool, valuation_date: 
     return valuation, result, previous_price
 
 
-def _audit_settled(session: Session, actor: Actor, tx: Transaction) -> None:
+def _audit_settled(session: Session, actor: Actor, tx: Transaction, legs: list[tuple]) -> None:
     audit.record(session, actor, "transaction.settle", "transaction", tx.id, {"status": "pending"},
-                 {"status": "settled", "units": tx.units, "amount": tx.amount, "price": tx.price})
+                 {"status": "settled", "units": tx.units, "amount": tx.amount, "price": tx.price,
+                  "legs": audit.legs_digest(legs)})
 
 
 def price_waiting_flows(session: Session, actor: Actor, pool: Pool, valuation_date: date) -> int:
@@ -130,8 +132,7 @@ def price_waiting_flows(session: Session, actor: Actor, pool: Pool, valuation_da
     price = pool.nav_per_unit
     for tx in waiting:
         if tx.kind == "contribution" and tx.payment_received_at is not None:
-            settle_contribution(session, pool, tx, price)
-            _audit_settled(session, actor, tx)
+            _audit_settled(session, actor, tx, settle_contribution(session, pool, tx, price))
             notify(session, "contribution_settled", pool_id=pool.id, transaction_id=tx.id)
         elif tx.kind == "withdrawal" and tx.price is None:
             position = position_for(session, pool, tx.investor_id)
@@ -147,8 +148,7 @@ def price_waiting_flows(session: Session, actor: Actor, pool: Pool, valuation_da
                 notify(session, "withdrawal_failed", pool_id=pool.id, transaction_id=tx.id, reason=exc.message)
                 continue
             if tx.payment_received_at is not None:  # already paid outside Pooldesk
-                settle_withdrawal(session, pool, tx, units, amount, price)
-                _audit_settled(session, actor, tx)
+                _audit_settled(session, actor, tx, settle_withdrawal(session, pool, tx, units, amount, price))
                 notify(session, "withdrawal_paid", pool_id=pool.id, transaction_id=tx.id)
             else:
                 tx.units, tx.amount, tx.price = units, amount, price
@@ -190,7 +190,8 @@ def record_valuation(db: Database, *, actor: Actor, pool_id: int, valuation_date
         audit.record(session, actor, "valuation.record", "valuation", valuation.id, None,
                      {"pool_id": pool.id, "date": valuation_date, "total_assets": value,
                       "nav_per_unit": result.nav_per_unit, "management_fee": result.management_fee,
-                      "performance_fee": result.performance_fee, "flows_priced": priced})
+                      "performance_fee": result.performance_fee, "flows_priced": priced,
+                      "legs": valuation.legs_digest})
         notify(session, "valuation_published", pool_id=pool.id, valuation_id=valuation.id)
         return {"valuation_id": valuation.id, "previous_nav_per_unit": str(previous),
                 "management_fee_days": result.management_fee_days}
@@ -340,19 +341,19 @@ def apply_distribution(session: Session, actor: Actor, pool: Pool, record_date: 
             reinvestments.append(part)
     if shares:
         session.execute(insert(Transaction), shares)  # one executemany, not thousands of ORM objects
-    post_legs(session, pool, record_date, legs, distribution_id=distribution.id)
+    written = post_legs(session, pool, record_date, legs, distribution_id=distribution.id)
     reinvested = [Transaction(pool_id=pool.id, investor_id=part.investor_id, kind="reinvestment", status="pending",
                               amount=part.amount, effective_date=record_date, source="system",
                               distribution_id=distribution.id, created_by=actor.id, payment_received_at=now)
                   for part in reinvestments]
     session.add_all(reinvested)
     session.flush()  # one batch of inserts gives every reinvestment its id
-    for tx in reinvested:
-        settle_contribution(session, pool, tx, price_after)
+    for tx in reinvested:  # their legs are the distribution's: one digest covers them all
+        written = written + settle_contribution(session, pool, tx, price_after)
     audit.record(session, actor, "distribution.declare", "distribution", distribution.id, None,
                  {"pool_id": pool.id, "record_date": record_date, "total": total, "per_unit": distribution.per_unit,
                   "nav_per_unit_before": price_before, "nav_per_unit_after": price_after,
-                  "holders": len(parts), "reinvested": len(reinvestments)})
+                  "holders": len(parts), "reinvested": len(reinvestments), "legs": audit.legs_digest(written)})
     notify(session, "distribution_declared", pool_id=pool.id, distribution_id=distribution.id)
     return distribution
 

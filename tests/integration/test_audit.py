@@ -241,3 +241,117 @@ def test_verify_keeps_working_after_more_writes(history):
     with db.read() as session:
         assert session.scalar(select(func.count()).select_from(AuditEvent)) == len(events) + 1
     assert verify(db).ok
+
+
+# --- the key -------------------------------------------------------------------------------------
+
+def _stored(db) -> list[tuple]:
+    """Every row as the hash covers it: the JSON exactly as stored."""
+    with db.read() as session:
+        return session.execute(select(AuditEvent.id, AuditEvent.at, AuditEvent.actor_id, AuditEvent.action,
+                                      AuditEvent.entity, AuditEvent.entity_id, cast(AuditEvent.before, Text),
+                                      cast(AuditEvent.after, Text)).order_by(AuditEvent.id)).all()
+
+
+def _unkeyed(prev, at, actor_id, action, entity, entity_id, before_text, after_text) -> str:
+    """SHA-256 over the length-prefixed fields: what anyone can compute without a key."""
+    import hashlib
+
+    fields = (prev, str(audit.epoch_micros(at)), "" if actor_id is None else str(actor_id), action, entity,
+              entity_id, before_text or "", after_text or "")
+    return hashlib.sha256("".join(f"{len(f)}:{f}|" for f in fields).encode()).hexdigest()
+
+
+def _rewrite_history(db, target_id: int, forged_after: dict, hasher) -> None:
+    """Edit one row, then recompute its hash, every later row's links and hashes, and the head."""
+    from core.db.models import AuditChain
+
+    prev = audit.GENESIS
+    with db.transaction() as session:
+        session.execute(update(AuditEvent).where(AuditEvent.id == target_id).values(after=forged_after))
+    for row_id, at, actor_id, action, entity, entity_id, before_text, after_text in _stored(db):
+        digest = hasher(prev, at, actor_id, action, entity, entity_id, before_text, after_text)
+        with db.transaction() as session:
+            session.execute(update(AuditEvent).where(AuditEvent.id == row_id).values(prev_hash=prev, hash=digest))
+        prev, last = digest, row_id
+    with db.transaction() as session:
+        session.execute(update(AuditChain).where(AuditChain.id == 1).values(head_hash=prev, last_id=last))
+
+
+def test_rewriting_a_row_and_recomputing_the_chain_without_the_key_is_detected(history):
+    db, events = history
+    target = events[4]
+    _rewrite_history(db, target.id, dict(target.after or {}, amount="1.00"), _unkeyed)
+    report = verify(db)
+    assert (report.ok, report.event_id) == (False, events[0].id)  # not one row keeps a valid hash
+    assert report.problem == f"row {events[0].id} was edited after it was written"
+
+
+def test_recomputing_the_chain_with_a_guessed_key_is_detected(history):
+    db, events = history
+    guessed = b"k" * 32
+    _rewrite_history(db, events[4].id, {"forged": True},
+                     lambda *fields: audit.chain_hash(*fields, key=guessed))
+    report = verify(db)
+    assert (report.ok, report.event_id, report.problem) == (
+        False, events[0].id, f"row {events[0].id} was edited after it was written")
+
+
+def test_the_key_is_held_outside_the_database(db, monkeypatch):
+    """POOLDESK_AUDIT_KEY (else a key derived from the secret) keys the chain: the rows written with one
+    key verify with it and with no other, and no table holds it."""
+    from core.config import reset_settings_cache
+
+    monkeypatch.setenv("POOLDESK_AUDIT_KEY", "an audit key kept in the vault, 2026")
+    reset_settings_cache()
+    manager = make_user(db, "manager")
+    make_pool(db, manager, code="KEYED")
+    written = len(rows(db))
+    assert verify(db) == audit.ChainReport(True, written)
+    monkeypatch.setenv("POOLDESK_AUDIT_KEY", "another key")
+    reset_settings_cache()
+    first = rows(db)[0].id
+    assert verify(db) == audit.ChainReport(False, 0, f"row {first} was edited after it was written", first)
+    monkeypatch.delenv("POOLDESK_AUDIT_KEY")
+    reset_settings_cache()
+    assert verify(db).ok is False  # nor the secret's own derived key
+
+
+def test_an_anchored_head_catches_a_rewrite_made_with_the_key(history):
+    """Someone holding the key can rebuild a consistent chain; a head written down earlier is then missing."""
+    db, events = history
+    with db.read() as session:
+        anchored = audit.head(session)
+    assert (anchored.last_id, anchored.rows, anchored.hash) == (events[-1].id, len(events), events[-1].hash)
+    assert verify_with(db, anchored.hash).ok
+    _rewrite_history(db, events[2].id, {"forged": True}, audit.chain_hash)
+    assert verify(db).ok  # consistent, and keyed with the right key
+    report = verify_with(db, anchored.hash)
+    assert (report.ok, report.problem) == (False, f"the anchored head {anchored.hash} is not the hash of any row: "
+                                                  "the rows up to it were rewritten or deleted")
+
+
+def verify_with(db, head_hash: str) -> audit.ChainReport:
+    with db.read() as session:
+        return audit.verify(session, expect_head=head_hash)
+
+
+def test_python_and_postgresql_compute_the_same_keyed_hash(pg_db):
+    """The SQLite path (Python's hmac) and the PostgreSQL functions (built-in sha256 over the key's
+    pads) produce the same HMAC-SHA256, byte for byte."""
+    import hashlib
+    import hmac
+
+    key = audit.chain_key()
+    message = "7:payload|ünïcode ✓|" * 10
+    with pg_db.read() as session:
+        in_database = session.scalar(text("SELECT pooldesk_hmac(:pads, :message)"),
+                                     {"pads": audit.key_pads(key), "message": message})
+    assert in_database == hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
+    # a row appended by the database function hashes, in Python, to what the function stored
+    manager = make_user(pg_db, "manager")
+    make_pool(pg_db, manager, code="SAMEHASH", strategy="Ünïcode ✓ strategy")
+    for row_id, at, actor_id, action, entity, entity_id, before_text, after_text in _stored(pg_db):
+        stored = next(e for e in rows(pg_db) if e.id == row_id)
+        assert audit.chain_hash(stored.prev_hash, at, actor_id, action, entity, entity_id, before_text,
+                                after_text) == stored.hash
