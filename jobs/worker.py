@@ -202,10 +202,12 @@ def _serve(backend, queues: list[str], name: str) -> int:
     supervisor.start_relay()
     beats = threading.Thread(target=supervisor.beat_forever, name="pooldesk-heartbeat", daemon=True)
     beats.start()
+    pause = 1.0
     try:
         while not supervisor.stop.is_set():
             if not supervisor.wait_for_redis():
                 break
+            started = time.monotonic()
             worker = _worker_class()([Queue(q, connection=backend.redis) for q in queues],
                                      connection=backend.redis, name=name,
                                      worker_ttl=settings.worker_ttl_seconds)
@@ -222,9 +224,11 @@ def _serve(backend, queues: list[str], name: str) -> int:
                 break
             supervisor.state = "reconnecting"
             supervisor.restarts += 1
-            log.error("worker %s lost its connection to Redis; it reconnects and goes on (restart %s)",
-                      name, supervisor.restarts)
-            supervisor.stop.wait(1.0)
+            # A loop that keeps ending at once (not an outage: something else) is retried ever more slowly.
+            pause = 1.0 if time.monotonic() - started > 60 else min(pause * 2, settings.worker_reconnect_max_seconds)
+            log.error("worker %s lost its connection to Redis; it reconnects and goes on in %.0f s (restart %s)",
+                      name, pause, supervisor.restarts)
+            supervisor.stop.wait(pause)
     finally:
         supervisor.stop.set()
         try:
