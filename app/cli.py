@@ -8,9 +8,9 @@ from datetime import date
 
 import click
 
-from core.config import ConfigurationError, get_settings
+from app.cli_errors import OneLineGroup
+from core.config import get_settings
 from core.db.session import get_database
-from core.domain.errors import PooldeskError
 
 
 def _db():
@@ -44,24 +44,18 @@ def _date(value: str | None, name: str) -> date | None:
         raise click.BadParameter(f"{value!r} is not a date (YYYY-MM-DD)", param_hint=name) from None
 
 
-class _Group(click.Group):
-    """Turns refused requests into one clear line and exit code 1."""
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except (PooldeskError, ConfigurationError) as exc:
-            for line in getattr(exc, "message", str(exc)).splitlines():  # a settings refusal: a line per problem
-                click.echo(f"Error: {line}", err=True)
-            ctx.exit(1)
+class _Group(OneLineGroup):
+    """Every command's failures as one clear line on stderr and exit code 1, never a traceback
+    (``app.cli_errors``); `--debug` or POOLDESK_DEBUG=1 shows the traceback."""
 
 
 @click.group(cls=_Group)
 @click.option("--as", "as_email", envvar="POOLDESK_CLI_AS", help="Act as this admin (default: the system user).")
+@click.option("--debug", is_flag=True, envvar="POOLDESK_DEBUG", help="Show the traceback of a failure.")
 @click.pass_context
-def cli(ctx, as_email):
+def cli(ctx, as_email, debug):
     """Pooldesk: investment pool management."""
-    ctx.obj = {"as": as_email}
+    ctx.obj = {"as": as_email, "debug": debug}
 
 
 @cli.command()

@@ -60,7 +60,7 @@ class RQBackend:
         from rq.exceptions import DuplicateJobError
 
         settings = job_settings()
-        options = dict(job_id=job_id, job_timeout=max(1, int(settings.job_lease_seconds)), result_ttl=86400,
+        options = dict(job_id=job_id, job_timeout=max(1, int(settings.job_timeout_seconds)), result_ttl=86400,
                        failure_ttl=7 * 86400, description=f"outbox {outbox_id}")
         q = self.queue(queue)
         try:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Callable
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from core.db.models import JobRun, OutboxMessage, utcnow
 from core.db.session import Database
@@ -136,9 +136,11 @@ def execute(outbox_id: int, job_id: str) -> str:
         run.lease_until = now + timedelta(seconds=settings.job_lease_seconds)
         attempt, path, queue, payload = run.attempts, message.job, message.queue, dict(message.payload or {})
     token = current_outbox_id.set(outbox_id)
+    keeper = LeaseKeeper(db, outbox_id, job_id, settings.job_lease_seconds)
     try:
         spec = resolve(path)
-        spec.fn(**payload)
+        with keeper:
+            spec.fn(**payload)
     except Exception as exc:  # noqa: BLE001 - every failure is recorded, none is lost
         error = _error_text(exc)
         transient = is_transient(exc)
@@ -170,6 +172,44 @@ def execute(outbox_id: int, job_id: str) -> str:
         current_outbox_id.reset(token)
     _finish(db, outbox_id, "done", None, None)
     return "done"
+
+
+class LeaseKeeper:
+    """Extends a running job's lease while it runs, every quarter of the lease, from a thread.
+
+    The lease is short (``JOB_LEASE_SECONDS``, 20 s): a job whose worker died (kill -9, a lost
+    machine) stops being extended and the sweeper runs it again soon after, while a long job on a
+    live worker keeps its lease for as long as it runs (RQ's job timeout bounds it).
+    """
+
+    def __init__(self, db: Database, outbox_id: int, job_id: str, lease_seconds: float):
+        self.db, self.outbox_id, self.job_id, self.lease = db, outbox_id, job_id, lease_seconds
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.extended = 0
+
+    def __enter__(self) -> "LeaseKeeper":
+        self._thread = threading.Thread(target=self._run, name=f"lease-{self.outbox_id}", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(self.lease)
+
+    def _run(self) -> None:
+        interval = max(0.2, self.lease / 4)
+        while not self._stop.wait(interval):
+            try:
+                with self.db.transaction() as session:
+                    session.execute(update(JobRun).where(JobRun.outbox_id == self.outbox_id,
+                                                         JobRun.backend_job_id == self.job_id,
+                                                         JobRun.status == "running")
+                                    .values(lease_until=utcnow() + timedelta(seconds=self.lease)))
+                self.extended += 1
+            except Exception as exc:  # noqa: BLE001 - the next beat tries again; the job goes on
+                log.warning("could not extend the lease of job %s: %s", self.outbox_id, exc)
 
 
 def _finish(db: Database, outbox_id: int, status: str, error: str | None, next_job_id: str | None,

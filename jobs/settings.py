@@ -22,7 +22,13 @@ class JobSettings(BaseSettings):
     job_max_attempts: int = 5            # first try included
     job_backoff_seconds: float = 2.0     # delay before retry n is backoff * 2**(n-1)
     job_backoff_max_seconds: float = 600.0
-    job_lease_seconds: float = 120.0     # a running job not finished by then is presumed dead and run again
+    # A running job's lease: its worker extends it every quarter of it while the job runs, so a job whose
+    # worker died (kill -9, lost machine) is run again once the lease ends and the sweeper next looks.
+    job_lease_seconds: float = 20.0
+    job_timeout_seconds: float = 120.0   # RQ stops a job running longer than this (it is then retried)
+    worker_heartbeat_seconds: float = 5.0  # `pooldesk worker` writes its heartbeat key this often (TTL 3x)
+    worker_reconnect_max_seconds: float = 30.0  # longest wait between tries to reach Redis again
+    worker_ttl_seconds: int = 60         # RQ's own worker registration TTL (its idle heartbeat is TTL - 15 s)
     job_queued_grace_seconds: float = 60.0  # how long a queued job may wait before the sweeper checks on it
     relay_interval_seconds: float = 0.5
     sweep_interval_seconds: float = 5.0

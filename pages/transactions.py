@@ -1,13 +1,13 @@
 """Transactions: record flows, approve requests, value a pool, declare a distribution, watch payments settle."""
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import timedelta
 
 import streamlit as st
 
 from app.auth import ENDED, session_is_live
 from app.components import format as fmt
-from app.components.forms import FieldErrors, flash, renew_key, submission_key
+from app.components.forms import FieldErrors, date_field, flash, renew_key, submission_key
 from app.components.tables import show_table
 from app.db import get_db
 from app.guard import require_roles
@@ -58,7 +58,7 @@ def record_flow() -> None:
             value = st.text_input("Units", key="flow_units", placeholder="e.g. 12.5")
         errors.slot("amount")
         errors.slot("units")
-        effective = st.date_input("Date", value=date.today(), max_value=date.today(), key="flow_date")
+        effective = date_field("Date", key="flow_date")
         errors.slot("effective_date")
         labels = PAYMENT_IN if kind == "contribution" else PAYMENT_OUT
         payment = st.radio("Payment", list(labels), format_func=labels.get, key="flow_payment")
@@ -148,7 +148,7 @@ def valuation() -> None:
     if pending and pending["pool_id"] != pool.id:
         pending = None
     with st.form("valuation"):
-        valued_on = st.date_input("Valuation date", value=date.today(), max_value=date.today(), key="val_date")
+        valued_on = date_field("Valuation date", key="val_date")
         errors.slot("valuation_date")
         assets = st.text_input(f"Total assets V ({currency})", key="val_assets",
                                help="Holdings at market plus cash, before fees.")
@@ -191,7 +191,7 @@ def distribution() -> None:
     if pending and pending["pool_id"] != pool.id:
         pending = None
     with st.form("distribution"):
-        record_date = st.date_input("Record date", value=date.today(), max_value=date.today(), key="dist_date")
+        record_date = date_field("Record date", key="dist_date")
         errors.slot("record_date")
         total = st.text_input(f"Total to distribute ({currency})", key="dist_total")
         errors.slot("distribution total")

@@ -8,6 +8,7 @@ recording twice.
 from __future__ import annotations
 
 import uuid
+from datetime import date
 
 import streamlit as st
 
@@ -45,6 +46,18 @@ class FieldErrors:
             st.error(md(error.message))
         else:
             target.error(md(error.message))
+
+
+# Every date a person can type: st.date_input puts a date outside its range back to the default
+# (today) without a word, so the range is left wide open and the service refuses, with a message
+# naming the date and the bound, what the books cannot take (the future, before the pool's inception).
+ANY_DAY_FROM, ANY_DAY_TO = date(1000, 1, 1), date(9999, 12, 31)
+
+
+def date_field(label: str, *, key: str, value: date | None = None, help: str | None = None) -> date:
+    """A date input that hands the service the date as typed (default today), never a replaced one."""
+    return st.date_input(label, value=value or date.today(), min_value=ANY_DAY_FROM, max_value=ANY_DAY_TO,
+                         key=key, help=help, format="YYYY-MM-DD")
 
 
 def flash(message: str, icon: str = "✅") -> None:

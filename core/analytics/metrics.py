@@ -76,7 +76,14 @@ def pool_metrics(db: Database, *, actor: Actor, pool_id: int | None = None, pool
     pid = _pool_id(db, pool_id, pool_code)
     with db.read() as session:
         require_pool_reader(session, actor, pid)
+        inception = session.get(Pool, pid).inception_date
     day = _as_of(as_of)
+    if day > date.today():
+        raise ValidationError(f"The date {day} is in the future (today is {date.today()}): there are no figures "
+                              "for it yet.", field="as_of")
+    if day < inception:
+        raise ValidationError(f"The date {day} is before the pool's inception ({inception}): the pool had no "
+                              "figures then.", field="as_of")
     _check_range(start, day)
     return results(db, as_of=day, start=start, pool_ids=[pid]).pools[pid]
 

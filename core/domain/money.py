@@ -31,8 +31,12 @@ CURRENCY_MINOR_UNITS: Final[dict[str, int]] = {
 }
 
 
-# Thousands separators: 1,234,567 or the Indian 12,34,567; the last group always has three digits.
-_GROUPED: Final = re.compile(r"^[+-]?\d{1,3}(,\d{2,3})*,\d{3}(\.\d*)?$")
+# A number as people type it: ASCII digits, an optional sign and decimal point, nothing else.
+_PLAIN: Final = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)$", re.ASCII)
+# Thousands separators: 1,234,567 or the Indian 12,34,567, each group in its place.
+_GROUPED: Final = re.compile(r"^[+-]?(?:\d{1,3}(?:,\d{3})+|\d{1,2}(?:,\d{2})+,\d{3})(?:\.\d*)?$", re.ASCII)
+_DECIMAL_COMMA: Final = re.compile(r"^[+-]?\d+,\d{1,2}$", re.ASCII)
+_SPECIAL: Final = ("nan", "snan", "inf", "infinity")
 
 
 def minor_units(currency: str) -> int:
@@ -57,23 +61,42 @@ def to_decimal(value: object, *, field: str = "amount") -> Decimal:
     elif isinstance(value, int):
         result = Decimal(value)
     elif isinstance(value, str):
-        text = value.strip()
-        if "," in text and not _GROUPED.match(text):
-            # "1,5" is a decimal comma, not 15: refuse rather than be wrong tenfold.
-            raise ValidationError(f"{field}: {value!r} is not a number; use a point for decimals, e.g. 1234.56.",
-                                  field=field)
-        text = text.replace(",", "").replace("_", "")
-        if not text:
-            raise ValidationError(f"{field} is required.", field=field)
-        try:
-            result = Decimal(text)
-        except InvalidOperation:
-            raise ValidationError(f"{field}: {value!r} is not a number.", field=field) from None
+        result = _parse_text(value, field)
     else:
         raise ValidationError(f"{field}: {value!r} is not a number.", field=field)
     if not result.is_finite():
         raise ValidationError(f"{field}: {value!r} is not a finite number.", field=field)
     return result
+
+
+def _parse_text(value: str, field: str) -> Decimal:
+    """Digits, one optional point, commas only as thousands separators in their places: anything else
+    (1e3, 1_000, 1,0000, NaN, Infinity, other scripts' digits) is refused, never guessed."""
+    text = value.strip()
+    if not text:
+        raise ValidationError(f"{field} is required.", field=field)
+    shown = text if len(text) <= 40 else text[:37] + "..."
+    if text.lower().lstrip("+-") in _SPECIAL:
+        raise ValidationError(f"{field}: {shown!r} is not a finite number.", field=field)
+    if "_" in text:
+        raise ValidationError(f"{field}: {shown!r} has an underscore; write the number without it, e.g. 1000 or "
+                              "1,000.", field=field)
+    if _PLAIN.match(text):
+        return Decimal(text)
+    if _GROUPED.match(text):
+        return Decimal(text.replace(",", ""))
+    if _DECIMAL_COMMA.match(text):
+        # "1,5" is a decimal comma, not 15: refuse rather than be wrong tenfold.
+        raise ValidationError(f"{field}: {shown!r} is not a number; use a point for decimals, e.g. 1234.56.",
+                              field=field)
+    if "," in text and _PLAIN.match(text.replace(",", "")):
+        raise ValidationError(f"{field}: {shown!r} has a thousands separator out of place; write e.g. 1,234,567.89 "
+                              "or 1234567.89.", field=field)
+    if "e" in text.lower() and _PLAIN.match(text.lower().replace("e", "", 1).replace("+", "").replace("-", "")
+                                            or "x"):
+        raise ValidationError(f"{field}: {shown!r} is in exponent notation; write the number out in digits, "
+                              "e.g. 1000.", field=field)
+    raise ValidationError(f"{field}: {shown!r} is not a number.", field=field)
 
 
 def parse_amount(value: object, currency: str, *, field: str = "amount", allow_zero: bool = False) -> Decimal:

@@ -26,6 +26,7 @@ from core.crypto import token_digest
 from core.db.models import AuthSession, Invitation, PasswordReset, Pool, User, utcnow
 from core.db.session import Database
 from core.domain.errors import AuthenticationError, NotFound, PermissionDenied, ValidationError
+from core.domain.limits import check_text
 from core.services import audit
 from core.services.context import ROLES, Actor, actor_from_user, manages_pool, require_role
 from core.services.notifications import send_direct
@@ -214,8 +215,7 @@ def invite_user(db: Database, *, actor: Actor, email: str, name: str, role: str,
     email = normalise_email(email)
     if role not in ROLES:
         raise ValidationError(f"Unknown role {role!r}; choose one of {', '.join(ROLES)}.", field="role")
-    if not (name or "").strip():
-        raise ValidationError("The name is required.", field="name")
+    check_text(name, "person_name", field="name", required=True)
     if actor.role == "manager" and role != "investor":
         raise PermissionDenied("A manager may only invite investors.")
     if role == "investor" and actor.role == "manager" and pool_id is None:

@@ -23,6 +23,7 @@ from core.db.models import JournalEntry, Pool, Position, Transaction, User, utcn
 from core.db.session import Database
 from core.domain import accounting
 from core.domain.errors import IdempotencyError, NotFound, PermissionDenied, ValidationError
+from core.domain.limits import check_text
 from core.db.types import MONEY_SCALE, PRICE_SCALE, UNITS_SCALE
 from core.domain.money import MAX_AMOUNT, minor_units, parse_amount, parse_units, round_money, to_decimal
 from core.services import audit
@@ -217,7 +218,8 @@ def check_flow_values(*, pool_code: str, pool_status: str, inception: date, effe
         raise ValidationError(f"The date {effective} is before the pool's inception ({inception}).",
                               field="effective_date")
     if effective > date.today():
-        raise ValidationError("The date cannot be in the future.", field="effective_date")
+        raise ValidationError(f"The date {effective} is in the future (today is {date.today()}).",
+                              field="effective_date")
     if investor is None or investor[0] != "investor":
         raise NotFound(f"No investor with id {investor_id}.", field="investor")
     if investor[1] != "active":
@@ -425,6 +427,7 @@ def record_contribution(db: Database, *, actor: Actor, pool_id: int, investor_id
     ``payment='received'`` records money that already arrived (cash, bank transfer)."""
     if payment not in ("gateway", "received"):
         raise ValidationError("Payment must be 'gateway' or 'received'.")
+    note = check_text(note, "note", field="note")
     effective = effective_date or date.today()
     params = dict(pool_id=pool_id, investor_id=investor_id, amount=same_number(amount), effective=effective,
                   payment=payment)
@@ -468,6 +471,7 @@ def record_withdrawal(db: Database, *, actor: Actor, pool_id: int, investor_id: 
     if chosen != 1:
         raise ValidationError("Give exactly one of: an amount, a number of units, or 'all'.", field="amount")
     mode = "all" if all_units else ("units" if units not in (None, "") else "amount")
+    note = check_text(note, "note", field="note")
     effective = effective_date or date.today()
     params = dict(pool_id=pool_id, investor_id=investor_id, amount=same_number(amount), units=same_number(units),
                   all=all_units,
@@ -583,6 +587,8 @@ def approve_request(db: Database, *, actor: Actor, transaction_id: int, expected
 def cancel_transaction(db: Database, *, actor: Actor, transaction_id: int, reason: str,
                        expected_version: int | None = None) -> TransactionView:
     """Reject a request, or cancel a pending flow whose payment has not started."""
+    reason = check_text(reason, "reason", field="reason")
+
     def work(session: Session) -> dict:
         tx = _get_tx(session, transaction_id)
         pool = lock_pool(session, tx.pool_id)
@@ -643,6 +649,7 @@ def reverse_transaction(db: Database, *, actor: Actor, transaction_id: int, reas
     """Rule 7: a settled flow is never edited; a reversal posts the opposite legs at the original price."""
     if not (reason or "").strip():
         raise ValidationError("Say why the transaction is reversed.", field="reason")
+    reason = check_text(reason, "reason", field="reason")
 
     def work(session: Session) -> dict:
         original = _get_tx(session, transaction_id)

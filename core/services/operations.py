@@ -23,6 +23,7 @@ from core.db.models import (
 )
 from core.db.session import Database
 from core.domain.errors import NotFound, ValidationError
+from core.domain.limits import check_text
 from core.domain.money import round_money
 from core.services import audit
 from core.services.common import bump_version
@@ -194,7 +195,8 @@ def create_endpoint(db: Database, *, actor: Actor, url: str, events: list[str], 
         raise ValidationError("The secret must be at least 16 characters.", field="secret")
     with db.transaction() as session:
         endpoint = WebhookEndpoint(url=url.strip(), secret=secret, events=sorted(set(events)),
-                                   description=(description or "").strip()[:200], active=True, created_by=actor.id)
+                                   description=check_text(description, "description", field="description"),
+                                   active=True, created_by=actor.id)
         session.add(endpoint)
         session.flush()
         audit.record(session, actor, "webhook.create", "webhook_endpoint", endpoint.id, None,
@@ -213,7 +215,7 @@ def update_endpoint(db: Database, *, actor: Actor, endpoint_id: int, expected_ve
         before = {"url": endpoint.url, "events": endpoint.events, "active": endpoint.active}
         bump_version(session, WebhookEndpoint, {"id": endpoint_id}, expected_version, "This webhook endpoint",
                      url=url.strip(), events=sorted(set(events)), active=bool(active),
-                     description=(description or "").strip()[:200])
+                     description=check_text(description, "description", field="description"))
         session.refresh(endpoint)
         audit.record(session, actor, "webhook.update", "webhook_endpoint", endpoint_id, before,
                      {"url": endpoint.url, "events": endpoint.events, "active": endpoint.active})

@@ -11,6 +11,7 @@ from sqlalchemy import delete, func, or_, select
 from core.db.models import Invitation, Pool, PoolManager, Position, Transaction, User
 from core.db.session import Database
 from core.domain.errors import NotFound, PermissionDenied, ValidationError
+from core.domain.limits import check_text
 from core.domain.money import minor_units, parse_amount, parse_price, to_decimal
 from core.services import audit
 from core.services.common import bump_version, lock_pool
@@ -100,9 +101,8 @@ class PoolSettings:
     strategy: str = ""
 
     def validate(self) -> dict:
-        name = (self.name or "").strip()
-        if not name:
-            raise ValidationError("The pool name is required.", field="name")
+        name = check_text(self.name, "pool_name", field="name", required=True)
+        strategy = check_text(self.strategy, "strategy", field="strategy")
         currency = (self.currency or "").strip().upper()
         minor_units(currency)
         if self.pricing_policy not in ("latest", "forward"):
@@ -121,7 +121,7 @@ class PoolSettings:
             raise ValidationError("The performance fee has at most 4 decimal places.", field="performance_fee_pct")
         return dict(name=name, currency=currency, initial_unit_price=price, pricing_policy=self.pricing_policy,
                     minimum_contribution=minimum, management_fee_bps=int(bps), performance_fee_rate=rate,
-                    strategy=(self.strategy or "").strip())
+                    strategy=strategy)
 
 
 def _managers(session, pool_id: int) -> tuple[int, ...]:
@@ -149,6 +149,9 @@ def create_pool(db: Database, *, actor: Actor, code: str, settings: PoolSettings
         raise ValidationError("The pool code is 2 to 32 letters, digits, '-' or '_', e.g. GROWTH-1.", field="code")
     values = settings.validate()
     inception = inception_date or date.today()
+    if inception > date.today():
+        raise ValidationError(f"The inception date {inception} is in the future (today is {date.today()}): "
+                              "a pool starts today or earlier.", field="inception_date")
     with db.transaction() as session:
         if session.scalar(select(Pool.id).where(Pool.code == code)) is not None:
             raise ValidationError(f"A pool with the code {code} already exists.", field="code")

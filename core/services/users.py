@@ -12,6 +12,7 @@ from core.config import get_settings
 from core.db.models import PoolManager, User, utcnow
 from core.db.session import Database
 from core.domain.errors import AuthenticationError, NotFound, PermissionDenied, ValidationError
+from core.domain.limits import check_text
 from core.services import audit
 from core.services.common import bump_version
 from core.services.context import ROLES, SYSTEM_EMAIL, Actor, actor_from_user, require_role
@@ -158,10 +159,7 @@ def system_actor(db: Database) -> Actor:
 
 
 def _validate_profile(name: str, role: str | None = None, phone: str | None = None) -> None:
-    if not (name or "").strip():
-        raise ValidationError("The name is required.", field="name")
-    if len(name) > 200:
-        raise ValidationError("The name is too long (200 characters at most).", field="name")
+    check_text(name, "person_name", field="name", required=True)
     if role is not None and role not in ROLES:
         raise ValidationError(f"Unknown role {role!r}; choose one of {', '.join(ROLES)}.", field="role")
     if phone and not PHONE_RE.match(phone):

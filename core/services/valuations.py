@@ -19,6 +19,7 @@ from core.db.models import Distribution, FeeAccrual, JournalEntry, Pool, Positio
 from core.db.session import Database
 from core.domain import accounting
 from core.domain.errors import ValidationError
+from core.domain.limits import check_text
 from core.domain.money import PRICE_Q, divide, parse_amount
 from core.services import audit
 from core.services.common import lock_pool, run_write, same_number
@@ -65,7 +66,8 @@ def _check_valuation(session: Session, pool: Pool, valuation_date: date) -> None
         raise ValidationError(f"The date {valuation_date} is before the pool's inception ({pool.inception_date}).",
                               field="valuation_date")
     if valuation_date > date.today():
-        raise ValidationError("A valuation cannot be dated in the future.", field="valuation_date")
+        raise ValidationError(f"The valuation date {valuation_date} is in the future (today is {date.today()}).",
+                              field="valuation_date")
     if session.scalar(select(Valuation.id).where(Valuation.pool_id == pool.id,
                                                  Valuation.valuation_date == valuation_date)) is not None:
         raise ValidationError(f"Pool {pool.code} already has a valuation on {valuation_date}.", field="valuation_date")
@@ -165,6 +167,7 @@ def price_waiting_flows(session: Session, actor: Actor, pool: Pool, valuation_da
 def record_valuation(db: Database, *, actor: Actor, pool_id: int, valuation_date: date, total_assets: object,
                      key: str | None, preview: bool = False, note: str = "") -> ValuationPreview:
     """Rule 2 and 6. With ``preview=True`` nothing is written: the screen shows the new p and fees first."""
+    note = check_text(note, "note", field="note")
     params = dict(pool_id=pool_id, date=valuation_date, total_assets=same_number(total_assets))
 
     def compute(session: Session) -> tuple[Pool, Decimal]:
@@ -252,8 +255,12 @@ def _holder_emails(session: Session, pool_id: int) -> dict[int, str]:
 def _plan_distribution(session: Session, pool: Pool, record_date: date, total: Decimal):
     if pool.status == "draft":
         raise ValidationError(f"Pool {pool.code} is a draft.")
-    if record_date < pool.inception_date or record_date > date.today():
-        raise ValidationError("The record date must be between the pool's inception and today.", field="record_date")
+    if record_date < pool.inception_date:
+        raise ValidationError(f"The record date {record_date} is before the pool's inception ({pool.inception_date}).",
+                              field="record_date")
+    if record_date > date.today():
+        raise ValidationError(f"The record date {record_date} is in the future (today is {date.today()}).",
+                              field="record_date")
     if pool.last_valuation_date and record_date < pool.last_valuation_date:
         raise ValidationError(f"The record date cannot be before the latest valuation ({pool.last_valuation_date}).",
                               field="record_date")
@@ -278,6 +285,7 @@ def _plan_distribution(session: Session, pool: Pool, record_date: date, total: D
 
 def declare_distribution(db: Database, *, actor: Actor, pool_id: int, record_date: date, total: object,
                          key: str | None, preview: bool = False, note: str = "") -> DistributionPreview:
+    note = check_text(note, "note", field="note")
     params = dict(pool_id=pool_id, record_date=record_date, total=same_number(total))
 
     def plan(session: Session):

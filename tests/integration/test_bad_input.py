@@ -82,7 +82,10 @@ AMOUNTS = [
     ("Infinity", "amount: 'Infinity' is not a finite number."),
     ("-inf", "amount: '-inf' is not a finite number."),
     ("1000000000000.01", "amount must not exceed 1,000,000,000,000."),
-    ("5e12", "amount must not exceed 1,000,000,000,000."),
+    ("5e12", "amount: '5e12' is in exponent notation; write the number out in digits, e.g. 1000."),
+    ("1e3", "amount: '1e3' is in exponent notation; write the number out in digits, e.g. 1000."),
+    ("1_000", "amount: '1_000' has an underscore; write the number without it, e.g. 1000 or 1,000."),
+    ("1,00,0", "amount: '1,00,0' has a thousands separator out of place; write e.g. 1,234,567.89 or 1234567.89."),
     ("10.001", "amount: USD has 2 decimal places; 10.001 has more."),
     ("10,50", "amount: '10,50' is not a number; use a point for decimals, e.g. 1234.56."),
     ("", "amount is required."),
@@ -234,8 +237,9 @@ def test_valuation_before_the_latest_one_or_in_the_future(world):
     refused(db, ValidationError,
             "The latest valuation is dated 2024-02-01; a valuation cannot be inserted before it.",
             value(db, manager, pool.id, "1100.00", day=date(2024, 1, 15)))
-    refused(db, ValidationError, "A valuation cannot be dated in the future.",
-            value(db, manager, pool.id, "1100.00", day=date.today() + timedelta(days=1)))
+    tomorrow = date.today() + timedelta(days=1)
+    refused(db, ValidationError, f"The valuation date {tomorrow} is in the future (today is {date.today()}).",
+            value(db, manager, pool.id, "1100.00", day=tomorrow))
 
 
 def test_dates_before_inception(world):
@@ -247,14 +251,15 @@ def test_dates_before_inception(world):
     refused(db, ValidationError, message, withdraw(db, manager, pool.id, investor.id, units="1", day=early))
     fresh = make_pool(db, manager, code="FRESH")
     refused(db, ValidationError, message, value(db, manager, fresh.id, "0", day=early))
-    refused(db, ValidationError, "The record date must be between the pool's inception and today.",
+    refused(db, ValidationError, "The record date 2023-12-31 is before the pool's inception (2024-01-01).",
             distribute(db, manager, pool.id, "10", day=early))
 
 
 def test_flows_in_the_future(world):
     db, manager, investor, pool, _ = world
-    refused(db, ValidationError, "The date cannot be in the future.",
-            contribute(db, manager, pool.id, investor.id, "10", day=date.today() + timedelta(days=1)))
+    tomorrow = date.today() + timedelta(days=1)
+    refused(db, ValidationError, f"The date {tomorrow} is in the future (today is {date.today()}).",
+            contribute(db, manager, pool.id, investor.id, "10", day=tomorrow))
 
 
 def test_below_the_minimum_contribution(world):

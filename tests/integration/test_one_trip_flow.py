@@ -95,7 +95,8 @@ def test_refusals_on_the_one_trip_path_say_what_the_other_paths_say(world, state
     refused_with_key(db, statements, ValidationError, "The date 2023-12-31 is before the pool's inception (2024-01-01).",
                      lambda k: contribute(db, manager, usd.id, investor.id, "100", k, day=date(2023, 12, 31)),
                      "early")
-    refused_with_key(db, statements, ValidationError, "The date cannot be in the future.",
+    refused_with_key(db, statements, ValidationError,
+                     f"The date {date.today() + timedelta(days=1)} is in the future (today is {date.today()}).",
                      lambda k: contribute(db, manager, usd.id, investor.id, "100", k,
                                           day=date.today() + timedelta(days=1)), "future")
     refused_with_key(db, statements, ValidationError, "The minimum contribution to ONETRIP is 50.00 USD.",
