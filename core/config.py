@@ -43,6 +43,11 @@ class Settings(BaseSettings):
     session_max_hours: int = 12
     lockout_attempts: int = 5
     lockout_minutes: int = 15
+    # Second factor (TOTP) for admins and managers; may be switched off only outside production.
+    require_mfa: bool = True
+    # Sensitive operations need the password or a code confirmed within this many minutes.
+    reauth_minutes: int = 5
+    reauth_withdrawal_threshold: Decimal = Decimal("10000")  # in the pool's currency
 
     payment_gateway: Literal["sandbox", "stripe"] = "sandbox"
     stripe_api_key: SecretStr | None = None
@@ -90,6 +95,8 @@ class Settings(BaseSettings):
                 raise ConfigurationError(
                     "Production mode needs these settings, which are missing: " + ", ".join(missing)
                 )
+            if not self.require_mfa:
+                raise ConfigurationError("POOLDESK_REQUIRE_MFA=false is refused in production mode.")
         return self
 
     # Derived values -----------------------------------------------------------------
