@@ -346,16 +346,17 @@ def reauthenticate(db: Database, *, actor: Actor, password: str | None = None, c
 
 def require_recent_reauth(session: Session, actor: Actor, action: str, *, now: datetime | None = None) -> None:
     """Refuse a sensitive operation unless the acting session confirmed the password or a code within
-    ``reauth_minutes``. The `pooldesk` command and the workers (the system user) are not asked."""
+    ``reauth_minutes``.
+
+    Every actor of the web app comes from ``auth.validate_session`` and carries its session. An actor
+    without one is a caller on the server itself (the `pooldesk` command, the workers, the demo seeding),
+    which no browser can reach: it is not asked."""
+    if actor.session_id is None:
+        return
     minutes = get_settings().reauth_minutes
-    if actor.session_id is not None:
-        row = session.get(AuthSession, actor.session_id)
-        if (row is not None and row.user_id == actor.id and row.revoked_at is None and row.reauth_at is not None
-                and (now or utcnow()) - row.reauth_at <= timedelta(minutes=minutes)):
-            return
-    else:
-        user = session.get(User, actor.id)
-        if user is not None and user.status == "system":
-            return
+    row = session.get(AuthSession, actor.session_id)
+    if (row is not None and row.user_id == actor.id and row.revoked_at is None and row.reauth_at is not None
+            and (now or utcnow()) - row.reauth_at <= timedelta(minutes=minutes)):
+        return
     raise ReauthenticationRequired(
         f"Confirm your password or an authenticator code to {action}: it is asked again after {minutes} minutes.")

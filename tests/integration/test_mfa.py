@@ -312,11 +312,14 @@ def test_an_authenticator_code_also_reauthenticates_and_wrong_answers_count_towa
     assert [e.action for e in actions(db, "session.reauthenticate")] == ["session.reauthenticate"]
 
 
-def test_an_actor_without_a_signed_in_session_is_refused_but_the_system_user_is_not(db):
+def test_a_revoked_session_cannot_use_its_reauthentication_and_server_side_callers_are_not_asked(db):
     admin, person = make_user(db, "admin"), make_user(db, "analyst")
+    acting, token = signed_in(db, admin, reauthenticated=True)
+    auth.sign_out(db, token=token)
     with pytest.raises(ReauthenticationRequired):
-        users.change_role(db, actor=admin, user_id=person.id, role="manager", expected_version=1)
+        users.change_role(db, actor=acting, user_id=person.id, role="manager", expected_version=1)
     with pytest.raises(PermissionDenied, match="not a signed-in session"):
-        mfa.reauthenticate(db, actor=admin, password=PASSWORD)
+        mfa.reauthenticate(db, actor=admin, password=PASSWORD)  # no session to confirm on
+    # the `pooldesk` command and the workers act without a browser session
     assert users.change_role(db, actor=system(db), user_id=person.id, role="manager",
                              expected_version=1).role == "manager"
