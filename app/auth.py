@@ -91,16 +91,18 @@ def cancel_second_factor(db: Database, notice: str | None = None) -> None:
         st.session_state["signin_notice"] = notice
 
 
-def ask_reauth(message: str) -> None:
-    """A service refused a sensitive operation for want of a recent re-authentication: open the prompt."""
-    st.session_state[REAUTH_KEY] = message
+def ask_reauth(message: str, key: str) -> None:
+    """A service refused a sensitive operation for want of a recent re-authentication: open the prompt
+    drawn by ``reauth_prompt(..., key)``."""
+    st.session_state[REAUTH_KEY] = (key, message)
 
 
 def reauth_prompt(db: Database, actor: Actor, key: str) -> None:
     """The password-or-code form, drawn while a refused sensitive operation waits for it."""
-    message = st.session_state.get(REAUTH_KEY)
-    if not message:
+    asked = st.session_state.get(REAUTH_KEY)
+    if not asked or asked[0] != key:
         return
+    message = asked[1]
     st.warning(message, icon=":material/lock:")
     with st.form(f"reauth_{key}", clear_on_submit=True):
         password = st.text_input("Your password", type="password", key=f"reauth_password_{key}")

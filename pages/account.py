@@ -1,4 +1,4 @@
-"""Account: my sessions, my password, sign out everywhere, two-step sign-in and recovery codes."""
+"""Account: my sessions, my password, sign out everywhere, my bank account, two-step sign-in and recovery codes."""
 from __future__ import annotations
 
 import streamlit as st
@@ -11,7 +11,7 @@ from app.db import get_db
 from app.guard import require_roles
 from core.domain.errors import PooldeskError, ReauthenticationRequired
 from core.services import auth as auth_service
-from core.services import mfa
+from core.services import mfa, users
 
 actor = require_roles("admin", "manager", "investor", "analyst")
 db = get_db()
@@ -47,6 +47,28 @@ if changed:
         st.rerun()
 
 
+st.subheader("Bank account")
+st.caption("Where withdrawals and distributions are paid. Changing it asks for your password or a code first.")
+bank_errors = FieldErrors()
+with st.form("bank_account", clear_on_submit=False):
+    bank_account = st.text_input("New bank account (IBAN or account number)", key="bank_account_value")
+    bank_errors.general()
+    save_bank = st.form_submit_button("Save bank account")
+if save_bank:
+    me = users.get_user(db, actor=actor, user_id=actor.id)
+    try:
+        users.update_profile(db, actor=actor, user_id=actor.id, expected_version=me.version, name=me.name,
+                             bank_account=bank_account.strip())
+    except ReauthenticationRequired as exc:
+        auth.ask_reauth(exc.message, "bank")
+    except PooldeskError as exc:
+        bank_errors.show(exc)
+    else:
+        st.session_state.pop("bank_account_value", None)
+        flash("Bank account saved.")
+        st.rerun()
+auth.reauth_prompt(db, actor, "bank")
+
 st.subheader("Two-step sign-in")
 mfa_state = mfa.status(db, actor=actor)
 if shown_codes := st.session_state.get("account_recovery_codes"):
@@ -64,7 +86,7 @@ elif mfa_state.enabled:
         try:
             st.session_state["account_recovery_codes"] = mfa.regenerate_recovery_codes(db, actor=actor)
         except ReauthenticationRequired as exc:
-            auth.ask_reauth(exc.message)
+            auth.ask_reauth(exc.message, "account")
         except PooldeskError as exc:
             st.error(exc.message)
         else:

@@ -54,7 +54,7 @@ with users_tab:
             try:
                 users.change_role(db, actor=actor, user_id=person.id, role=new_role, expected_version=person.version)
             except ReauthenticationRequired as exc:
-                auth.ask_reauth(exc.message)
+                auth.ask_reauth(exc.message, "admin")
             except PooldeskError as exc:
                 st.error(exc.message)
             else:

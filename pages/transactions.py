@@ -105,7 +105,7 @@ def requests() -> None:
                 ledger.approve_request(db, actor=actor, transaction_id=row.id, expected_version=row.version,
                                        payment=payment)
             except ReauthenticationRequired as exc:  # a large withdrawal: confirm, then approve again
-                ask_reauth(exc.message)
+                ask_reauth(exc.message, "approve")
             except PooldeskError as exc:
                 st.error(exc.message)
             else:

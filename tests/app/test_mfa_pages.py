@@ -176,3 +176,22 @@ def test_an_admin_resets_a_managers_two_step_sign_in(db):
     assert auth.validate_session(db, token=token) is None
     with db.read() as session:
         assert session.scalar(select(User.mfa_enabled_at).where(User.id == manager.id)) is None
+
+
+def test_changing_the_bank_account_on_the_account_page_asks_for_the_password_first(db):
+    investor = make_user(db, "investor")
+    at = open_app(db, investor, "account")
+    next(t for t in at.text_input if t.label.startswith("New bank account")).input("GB33BUKB20201555555555")
+    button(at, "Save bank account").click()
+    at.run()
+    assert "Confirm your password or an authenticator code to change a bank account" in texts(at)
+    with db.read() as session:
+        assert session.get(User, investor.id).bank_account is None
+    next(t for t in at.text_input if t.label == "Your password").input(PASSWORD)
+    button(at, "Confirm it is me").click()
+    at.run()
+    button(at, "Save bank account").click()
+    at.run()
+    assert "Bank account saved." in toasts(at)
+    with db.read() as session:
+        assert session.get(User, investor.id).bank_account == "GB33BUKB20201555555555"
