@@ -36,19 +36,22 @@ def create_user(env: dict, *, email: str, name: str, role: str, password: str | 
                 totp_secret: str | None = None) -> None:
     """A user made through the service before anyone can invite, as `pooldesk` would; with ``totp_secret``,
     already enrolled in two-step sign-in with that secret (as if they had scanned it)."""
-    enrol = "" if totp_secret is None else (
-        "from core.db.models import User, utcnow;"
-        "from sqlalchemy import select;"
-        "session_cm = db.transaction(); session = session_cm.__enter__();"
-        f"user = session.scalar(select(User).where(User.email == {email!r}));"
-        f"user.mfa_secret = {totp_secret!r}; user.mfa_enabled_at = utcnow();"
-        "session_cm.__exit__(None, None, None);")
-    subprocess.run([sys.executable, "-c", (
-        "from core.db.session import get_database; from core.services import users;"
-        "db = get_database(); system = users.system_actor(db);"
-        f"users.create_user(db, actor=system, email={email!r}, name={name!r}, role={role!r}, password={password!r});"
-        + enrol
-    )], env=env, cwd=ROOT, check=True)
+    script = [
+        "from core.db.session import get_database",
+        "from core.services import users",
+        "db = get_database()",
+        "system = users.system_actor(db)",
+        f"users.create_user(db, actor=system, email={email!r}, name={name!r}, role={role!r}, password={password!r})",
+    ]
+    if totp_secret is not None:
+        script += [
+            "from sqlalchemy import select",
+            "from core.db.models import User, utcnow",
+            "with db.transaction() as session:",
+            f"    user = session.scalar(select(User).where(User.email == {email!r}))",
+            f"    user.mfa_secret, user.mfa_enabled_at = {totp_secret!r}, utcnow()",
+        ]
+    subprocess.run([sys.executable, "-c", "\n".join(script)], env=env, cwd=ROOT, check=True)
 
 
 class Authenticator:
