@@ -12,6 +12,11 @@ per-install secret). Two of its pieces are replaced by this adapter:
   end a cookie whatever its own expiry says.
 
 The library's own failed-login counter (kept in session_state) is not used.
+
+When the user must give a second factor (``core.services.mfa``: admins, managers, anyone enrolled),
+the password (or single sign-on) only opens a waiting session: its token is kept as
+``MFA_TOKEN_KEY``, nobody is signed in and no cookie is written until the sign-in page's second
+step finishes it (``finish_sign_in``).
 """
 from __future__ import annotations
 
@@ -27,14 +32,17 @@ from streamlit_authenticator.models.cookie_model import CookieModel
 
 from core.config import get_settings
 from core.db.session import Database
-from core.domain.errors import AuthenticationError
+from app.components.forms import flash
+from core.domain.errors import AuthenticationError, PooldeskError
 from core.services import auth as auth_service
-from core.services import users
+from core.services import mfa, users
 from core.services.context import Actor
 
 COOKIE_NAME = "pooldesk_session"
 TOKEN_KEY = "session_token"
 ACTOR_KEY = "actor"
+MFA_TOKEN_KEY = "mfa_token"
+REAUTH_KEY = "reauth_asked"
 LOGIN_FIELDS = {"Form name": "Sign in", "Username": "Email", "Password": "Password", "Login": "Sign in"}
 
 
@@ -46,6 +54,69 @@ def _remember(actor: Actor, token: str, credentials: dict | None = None) -> None
             "email": actor.email, "first_name": actor.name, "last_name": "", "password": None,
             "roles": [actor.role], "failed_login_attempts": 0, "logged_in": True,
         }
+
+
+def _await_second_factor(token: str) -> None:
+    st.session_state[MFA_TOKEN_KEY] = token
+    for key in ("login_error", "signin_notice", "session_ended", "sso_error", "mfa_enrolment", "mfa_done"):
+        st.session_state.pop(key, None)
+
+
+def second_factor_step(db: Database) -> str | None:
+    """"enrol" or "code" while this browser's sign-in waits for its second factor; None otherwise."""
+    token = st.session_state.get(MFA_TOKEN_KEY)
+    if not token:
+        return None
+    step = mfa.second_factor_step(db, token=token)
+    if step is None and not st.session_state.get("mfa_done"):
+        cancel_second_factor(db, notice=mfa.SIGN_IN_AGAIN)
+    return step
+
+
+def finish_sign_in(actor: Actor) -> None:
+    """The second factor was given: this browser is signed in, and its cookie is written from now on."""
+    token = st.session_state.pop(MFA_TOKEN_KEY)
+    _remember(actor, token)
+    st.session_state.update({"logout": False, "cookie_pending": True, "username": actor.email,
+                             "authentication_status": True})
+    for key in ("mfa_enrolment", "mfa_done", "login_error", "session_ended"):
+        st.session_state.pop(key, None)
+
+
+def cancel_second_factor(db: Database, notice: str | None = None) -> None:
+    auth_service.sign_out(db, token=st.session_state.pop(MFA_TOKEN_KEY, None))
+    for key in ("mfa_enrolment", "mfa_done", "authentication_status"):
+        st.session_state.pop(key, None)
+    if notice:
+        st.session_state["signin_notice"] = notice
+
+
+def ask_reauth(message: str, key: str) -> None:
+    """A service refused a sensitive operation for want of a recent re-authentication: open the prompt
+    drawn by ``reauth_prompt(..., key)``."""
+    st.session_state[REAUTH_KEY] = (key, message)
+
+
+def reauth_prompt(db: Database, actor: Actor, key: str) -> None:
+    """The password-or-code form, drawn while a refused sensitive operation waits for it."""
+    asked = st.session_state.get(REAUTH_KEY)
+    if not asked or asked[0] != key:
+        return
+    message = asked[1]
+    st.warning(message, icon=":material/lock:")
+    with st.form(f"reauth_{key}", clear_on_submit=True):
+        password = st.text_input("Your password", type="password", key=f"reauth_password_{key}")
+        code = st.text_input("or a code from your authenticator app", key=f"reauth_code_{key}")
+        confirmed = st.form_submit_button("Confirm it is me", type="primary")
+    if confirmed:
+        try:
+            mfa.reauthenticate(db, actor=actor, password=password or None, code=code or None)
+        except PooldeskError as exc:
+            st.error(exc.message)
+            return
+        st.session_state.pop(REAUTH_KEY, None)
+        flash("Confirmed. You can go on for the next few minutes.")
+        st.rerun()
 
 
 def _user_agent() -> str | None:
@@ -67,6 +138,9 @@ class DatabaseAuthenticationModel(AuthenticationModel):
             st.session_state["login_error"] = exc.message
             return False
         token = auth_service.create_session(self.pooldesk_db, actor=actor, user_agent=_user_agent())
+        if mfa.second_factor_step(self.pooldesk_db, token=token):
+            _await_second_factor(token)
+            return False  # not signed in yet: the sign-in page asks for the second factor
         _remember(actor, token, self.credentials)
         st.session_state["logout"] = False
         st.session_state["cookie_pending"] = True
@@ -205,7 +279,7 @@ def actor_from_cookie(db: Database) -> Actor | None:
 
 def forget() -> None:
     for key in (ACTOR_KEY, TOKEN_KEY, "authentication_status", "username", "name", "email", "roles",
-                "cookie_pending"):  # a cookie not yet written for the session that ended never will be
+                "cookie_pending", MFA_TOKEN_KEY, REAUTH_KEY):  # a cookie not yet written for the session that ended never will be
         st.session_state.pop(key, None)
     st.session_state["logout"] = True  # the library must not read the old cookie again in this browser session
 
@@ -238,7 +312,7 @@ def sso_configured() -> bool:
 
 def sign_in_with_sso(db: Database) -> Actor | None:
     """After the identity provider's redirect: the email must be an active user's, who keeps their role."""
-    if not sso_configured() or not getattr(st.user, "is_logged_in", False):
+    if not sso_configured() or not getattr(st.user, "is_logged_in", False) or st.session_state.get(MFA_TOKEN_KEY):
         return None
     email = st.user.get("email") or ""
     refused = st.session_state.get("sso_refused")
@@ -254,7 +328,10 @@ def sign_in_with_sso(db: Database) -> Actor | None:
         st.session_state["sso_refused"] = (email, exc.message)
         return None
     token = auth_service.create_session(db, actor=actor, user_agent=_user_agent())
-    _remember(actor, token)
     st.session_state["signed_in_with_sso"] = True
+    if mfa.second_factor_step(db, token=token):
+        _await_second_factor(token)
+        return None
+    _remember(actor, token)
     st.session_state.pop("sso_error", None)
     return actor

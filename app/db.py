@@ -7,7 +7,7 @@ audited, so a cached figure is reused exactly until something changes.
 """
 from __future__ import annotations
 
-from dataclasses import astuple
+from dataclasses import astuple, replace
 from typing import Any
 
 import streamlit as st
@@ -35,4 +35,4 @@ def _cached_read(url: str, name: str, marker: int, actor: tuple, kwargs: tuple) 
 def read_model(name: str, actor: Actor, **kwargs: Any) -> Any:
     """``core.services.dashboard.<name>(db, actor=actor, **kwargs)``, cached until the next audited write."""
     db = get_db()
-    return _cached_read(db.url, name, dashboard.change_marker(db), astuple(actor), tuple(sorted(kwargs.items())))
+    return _cached_read(db.url, name, dashboard.change_marker(db), astuple(replace(actor, session_id=None)), tuple(sorted(kwargs.items())))

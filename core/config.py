@@ -54,6 +54,11 @@ class Settings(BaseSettings):
     session_max_hours: int = 12
     lockout_attempts: int = 5
     lockout_minutes: int = 15
+    # Second factor (TOTP) for admins and managers; may be switched off only outside production.
+    require_mfa: bool = True
+    # Sensitive operations need the password or a code confirmed within this many minutes.
+    reauth_minutes: int = 5
+    reauth_withdrawal_threshold: Decimal = Decimal("10000")  # in the pool's currency
 
     payment_gateway: Literal["sandbox", "stripe"] = "sandbox"
     stripe_api_key: SecretStr | None = None
@@ -120,6 +125,8 @@ class Settings(BaseSettings):
                             "development and tests; production needs stripe.")
         elif self.payment_gateway == "stripe" and not self.stripe_api_key:
             problems.append("POOLDESK_STRIPE_API_KEY is missing: the stripe gateway needs it.")
+        if not self.require_mfa:
+            problems.append("POOLDESK_REQUIRE_MFA=false is refused in production mode: admins and managers sign in with two steps.")
         if problems:
             raise ConfigurationError("\n".join(problems))
         return self

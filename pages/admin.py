@@ -1,17 +1,18 @@
-"""Admin: people (invite, role, deactivate, unlock), sessions, and the audit log."""
+"""Admin: people (invite, role, deactivate, unlock, reset two-step sign-in), sessions, and the audit log."""
 from __future__ import annotations
 
 from datetime import date, timedelta
 
 import streamlit as st
 
+from app import auth
 from app.components import format as fmt
 from app.components.forms import FieldErrors, flash
 from app.components.tables import show_table
 from app.db import get_db
 from app.guard import require_roles
-from core.domain.errors import PooldeskError
-from core.services import audit, auth as auth_service, dashboard, users
+from core.domain.errors import PooldeskError, ReauthenticationRequired
+from core.services import audit, auth as auth_service, dashboard, mfa, users
 from core.services import pools as pool_service
 from core.services.context import ROLES
 
@@ -52,6 +53,8 @@ with users_tab:
         if a.button("Change role", key=f"change_role_{person.id}", disabled=new_role == person.role):
             try:
                 users.change_role(db, actor=actor, user_id=person.id, role=new_role, expected_version=person.version)
+            except ReauthenticationRequired as exc:
+                auth.ask_reauth(exc.message, "admin")
             except PooldeskError as exc:
                 st.error(fmt.md(exc.message))
             else:
@@ -77,6 +80,12 @@ with users_tab:
                     person.email, auth_service.issue_reset_link(db, actor=actor, user_id=person.id))
             except PooldeskError as exc:
                 st.error(fmt.md(exc.message))
+        if st.button("Reset two-step sign-in", key=f"mfa_reset_{person.id}",
+                     help="For a lost phone: their authenticator secret and recovery codes are deleted and "
+                          "they are signed out; they set it up again at their next sign-in."):
+            act(lambda: mfa.reset(db, actor=actor, user_id=person.id),
+                f"Two-step sign-in of {person.email} reset; they were signed out.")
+        auth.reauth_prompt(db, actor, "admin")
         if shown := st.session_state.get("admin_reset_link"):
             st.info(f"One-time reset link for {fmt.md(shown[0])} (valid for an hour); hand it over privately:")
             st.code(shown[1], language=None)

@@ -1,4 +1,5 @@
-"""Sign in, accept an invitation, reset a forgotten password: the only screen before signing in."""
+"""Sign in (with the second factor where one is needed), accept an invitation, reset a forgotten
+password: the only screen before signing in."""
 from __future__ import annotations
 
 import streamlit as st
@@ -9,6 +10,7 @@ from app.components.forms import FieldErrors
 from app.db import get_db
 from core.domain.errors import PooldeskError
 from core.services import auth as auth_service
+from core.services import mfa
 
 db = get_db()
 params = st.query_params
@@ -85,7 +87,7 @@ def sign_in() -> None:
     left, _ = st.columns([2, 3])
     with left:
         authenticator.login(location="main", fields=auth.LOGIN_FIELDS, key="sign_in")
-        if st.session_state.get(auth.ACTOR_KEY) is not None:
+        if st.session_state.get(auth.ACTOR_KEY) is not None or st.session_state.get(auth.MFA_TOKEN_KEY):
             st.rerun()
         if st.session_state.get("authentication_status") is False:
             st.error(md(st.session_state.get("login_error") or "Enter your email and password."))
@@ -104,7 +106,63 @@ def sign_in() -> None:
                                "It works once, within the hour.")
 
 
-if token := params.get("invite"):
+def second_factor(step: str) -> None:
+    """After the password: enrol an authenticator app (first time), or give its code or a recovery code."""
+    st.title("Two-step sign-in")
+    token = st.session_state[auth.MFA_TOKEN_KEY]
+    errors = FieldErrors()
+    if done := st.session_state.get("mfa_done"):
+        st.success("Two-step sign-in is set up.")
+        st.warning("Save these recovery codes somewhere safe now: each signs you in once without your phone. "
+                   "They are not shown again.", icon=":material/key:")
+        st.code("\n".join(done.recovery_codes), language=None)
+        if st.button("I have saved them: continue", type="primary", key="mfa_continue"):
+            auth.finish_sign_in(done.actor)
+            st.rerun()
+        return
+    if step == "enrol":
+        st.write("Your role needs a second factor. Scan this QR code with an authenticator app (or type the "
+                 "key into it), then enter the six-digit code the app shows.")
+        enrolment = st.session_state.get("mfa_enrolment")
+        if enrolment is None:
+            try:
+                enrolment = st.session_state["mfa_enrolment"] = mfa.start_enrolment(db, token=token)
+            except PooldeskError as exc:
+                auth.cancel_second_factor(db, notice=exc.message)
+                st.rerun()
+        st.image(enrolment.qr_png(), width=220)
+        st.text_input("Key", value=enrolment.secret, disabled=True, key="mfa_secret")
+        st.caption(enrolment.uri)
+    else:
+        st.write("Enter the six-digit code from your authenticator app, or one of your recovery codes.")
+    with st.form("second_factor", clear_on_submit=True):
+        code = st.text_input("Code", key="mfa_code", max_chars=20)
+        errors.slot("code")
+        errors.general()
+        submitted = st.form_submit_button("Confirm" if step == "enrol" else "Verify", type="primary")
+    if st.button("Cancel and sign in again", key="mfa_cancel"):
+        auth.cancel_second_factor(db)
+        st.rerun()
+    if not submitted:
+        return
+    try:
+        if step == "enrol":
+            st.session_state["mfa_done"] = mfa.confirm_enrolment(db, token=token, code=code)
+            st.session_state.pop("mfa_enrolment", None)
+        else:
+            auth.finish_sign_in(mfa.verify(db, token=token, code=code))
+    except PooldeskError as exc:
+        if exc.message == mfa.SIGN_IN_AGAIN:
+            auth.cancel_second_factor(db, notice=exc.message)
+        else:
+            errors.show(exc)
+            return
+    st.rerun()
+
+
+if step := auth.second_factor_step(db) or ("code" if st.session_state.get("mfa_done") else None):
+    second_factor(step)
+elif token := params.get("invite"):
     accept_invitation(token)
 elif token := params.get("reset"):
     reset_password(token)

@@ -5,13 +5,13 @@ from datetime import timedelta
 
 import streamlit as st
 
-from app.auth import ENDED, session_is_live
+from app.auth import ENDED, ask_reauth, reauth_prompt, session_is_live
 from app.components import format as fmt
 from app.components.forms import FieldErrors, date_field, flash, renew_key, submission_key
 from app.components.tables import show_table
 from app.db import get_db
 from app.guard import require_roles
-from core.domain.errors import PooldeskError
+from core.domain.errors import PooldeskError, ReauthenticationRequired
 from core.services import auth as auth_service
 from core.services import dashboard, ledger, valuations
 from core.services import pools as pool_service
@@ -105,6 +105,8 @@ def requests() -> None:
             try:
                 ledger.approve_request(db, actor=actor, transaction_id=row.id, expected_version=row.version,
                                        payment=payment)
+            except ReauthenticationRequired as exc:  # a large withdrawal: confirm, then approve again
+                ask_reauth(exc.message, "approve")
             except PooldeskError as exc:
                 st.error(fmt.md(exc.message))
             else:
@@ -119,6 +121,7 @@ def requests() -> None:
             else:
                 flash(f"Request #{row.id} rejected.")
                 st.rerun()
+    reauth_prompt(db, actor, "approve")
 
 
 def confirm_step(name: str, prefix: str, label: str, working: str, save, saved_text, replayed_text: str,

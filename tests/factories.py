@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import itertools
-from datetime import date
+from datetime import date, datetime, timezone
 
 from core.db.session import Database
 from core.services import pools, users
@@ -48,3 +48,31 @@ def make_valued_pool(db: Database, code: str, *, contributed: str = "1000.00", v
     valuations.record_valuation(db, actor=manager, pool_id=pool.id, valuation_date=date(2024, 6, 30),
                                 total_assets=valued_at, key=None)
     return manager, investor, pool
+
+
+def signed_in(db: Database, user: Actor, *, reauthenticated: bool = False) -> tuple[Actor, str]:
+    """A finished sign-in for ``user``: the session token and the actor acting through it. A second factor
+    is given when the role needs one (enrolling first, with the code the app would show), and with
+    ``reauthenticated`` the password is confirmed again, as sensitive operations ask."""
+    import pyotp
+
+    from core.db.models import User
+    from core.services import auth, mfa
+
+    token = auth.create_session(db, actor=user)
+    step = mfa.second_factor_step(db, token=token)
+    if step == "enrol":
+        secret = mfa.start_enrolment(db, token=token).secret
+        mfa.confirm_enrolment(db, token=token, code=pyotp.TOTP(secret).now())
+    elif step == "code":
+        with db.read() as session:
+            row = session.get(User, user.id)
+            secret, last = row.mfa_secret, row.mfa_last_step
+        totp = pyotp.TOTP(secret)
+        at = max(totp.timecode(datetime.now(timezone.utc)), (last or 0) + 1) * totp.interval
+        mfa.verify(db, token=token, code=totp.at(at), now=datetime.fromtimestamp(at, timezone.utc))
+    acting = auth.validate_session(db, token=token)
+    assert acting is not None, "the session should sign the user in"
+    if reauthenticated:
+        mfa.reauthenticate(db, actor=acting, password=PASSWORD)
+    return acting, token

@@ -40,3 +40,7 @@ class IdempotencyError(PooldeskError):
 
 class AuthenticationError(PooldeskError):
     """Sign-in refused; the message never tells whether the account exists."""
+
+
+class ReauthenticationRequired(PermissionDenied):
+    """A sensitive operation needs the password or a code confirmed again on this session first."""

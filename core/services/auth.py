@@ -16,7 +16,7 @@ every open reset link of the account.
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
@@ -27,7 +27,7 @@ from core.db.models import AuthSession, Invitation, PasswordReset, Pool, User, u
 from core.db.session import Database
 from core.domain.errors import AuthenticationError, NotFound, PermissionDenied, ValidationError
 from core.domain.limits import check_text
-from core.services import audit
+from core.services import audit, mfa
 from core.services.context import ROLES, Actor, actor_from_user, manages_pool, require_role
 from core.services.notifications import send_direct
 from core.services.users import (  # noqa: F401 - PASSWORD_HELP is for the pages
@@ -77,7 +77,8 @@ def create_session(db: Database, *, actor: Actor, user_agent: str | None = None,
 
 def validate_session(db: Database, *, token: str | None, now: datetime | None = None,
                      touch: bool = True) -> Actor | None:
-    """The signed-in user for a session token, or None when it is unknown, revoked, idle or too old.
+    """The signed-in user for a session token, or None when it is unknown, revoked, idle or too old, or
+    still waits for its second factor (``core.services.mfa``).
 
     A valid session is touched (its idle clock restarts) unless ``touch=False``: background polling
     is not activity.
@@ -92,9 +93,9 @@ def validate_session(db: Database, *, token: str | None, now: datetime | None = 
         if row is None or row.revoked_at is not None or row.expires_at <= now or now - row.last_seen_at > idle:
             return None
         user = session.get(User, row.user_id)
-        if user is None or user.status != "active":
+        if user is None or user.status != "active" or mfa.session_waits_for_second_factor(row, user):
             return None
-        actor = actor_from_user(user)
+        actor = replace(actor_from_user(user), session_id=digest)
         stale = now - row.last_seen_at >= TOUCH_EVERY
     if stale and touch:
         with db.transaction() as session:

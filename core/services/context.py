@@ -1,7 +1,7 @@
 """Who is acting, and the checks every service makes before it reads or writes."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -19,6 +19,9 @@ class Actor:
     role: str
     email: str
     name: str = ""
+    # The signed-in session acting (its id, a digest of the cookie's token); None for the `pooldesk`
+    # command, the workers and tests that call services directly. Sensitive operations read its re-auth time.
+    session_id: str | None = field(default=None, compare=False)
 
     @property
     def is_admin(self) -> bool:

@@ -19,6 +19,7 @@ import psycopg
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
+from core.config import get_settings
 from core.db.models import JournalEntry, Pool, Position, Transaction, User, utcnow
 from core.db.session import Database
 from core.domain import accounting
@@ -27,6 +28,7 @@ from core.domain.limits import check_text
 from core.db.types import MONEY_SCALE, PRICE_SCALE, UNITS_SCALE
 from core.domain.money import MAX_AMOUNT, minor_units, parse_amount, parse_units, round_money, to_decimal
 from core.services import audit
+from core.services.mfa import require_recent_reauth
 from core.services.common import (
     IDEMPOTENCY_MISMATCH, RETRYABLE_SQLSTATES, clean_key, enqueue, lock_pool, request_hash, retry_stats, run_write,
     same_number,
@@ -560,6 +562,23 @@ def _payment_confirmed(session: Session, actor: Actor, pool: Pool, tx: Transacti
     notify(session, event, pool_id=pool.id, transaction_id=tx.id)
 
 
+def _require_reauth_for_large_withdrawal(session: Session, actor: Actor, pool: Pool, tx: Transaction) -> None:
+    """A withdrawal worth the re-authentication threshold or more (at the current unit value when asked
+    in units) is approved only after the password or a code was confirmed again."""
+    if tx.kind != "withdrawal":
+        return
+    threshold = get_settings().reauth_withdrawal_threshold
+    if tx.withdrawal_mode == "amount" and tx.amount is not None:
+        value = tx.amount
+    else:
+        units = tx.units if tx.withdrawal_mode == "units" and tx.units is not None else \
+            position_for(session, pool, tx.investor_id).units
+        value = accounting.amount_for_units(units, current_price(pool), pool.currency)
+    if value >= threshold:
+        require_recent_reauth(session, actor,
+                              f"approve a withdrawal of {pool.currency} {threshold:,.2f} or more")
+
+
 def approve_request(db: Database, *, actor: Actor, transaction_id: int, expected_version: int,
                     payment: str = "gateway") -> TransactionView:
     def work(session: Session) -> dict:
@@ -574,6 +593,7 @@ def approve_request(db: Database, *, actor: Actor, transaction_id: int, expected
             raise ValidationError(f"Only requested transactions can be approved; this one is {tx.status}.")
         if pool.status != "open":
             raise ValidationError(f"Pool {pool.code} is {pool.status}.")
+        _require_reauth_for_large_withdrawal(session, actor, pool, tx)
         tx.status = "pending"
         tx.version += 1
         audit.record(session, actor, "transaction.approve", "transaction", tx.id, {"status": "requested"},

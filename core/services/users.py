@@ -16,6 +16,7 @@ from core.domain.limits import check_text
 from core.services import audit
 from core.services.common import bump_version
 from core.services.context import ROLES, SYSTEM_EMAIL, Actor, actor_from_user, require_role
+from core.services.mfa import require_recent_reauth
 
 # Practical addresses only, so that an email is safe wherever it is shown or exported: a local part of letters,
 # digits and . _ + - that starts with a letter, digit or _ (never = + - @, which spreadsheets read as a formula),
@@ -230,6 +231,8 @@ def update_profile(db: Database, *, actor: Actor, user_id: int, expected_version
         if user is None:
             raise NotFound(f"No user with id {user_id}.")
         before = {"name": user.name, "phone_set": bool(user.phone), "bank_account_set": bool(user.bank_account)}
+        if bank_account is not _UNCHANGED and (bank_account or None) != user.bank_account:
+            require_recent_reauth(session, actor, "change a bank account")
         bump_version(session, User, {"id": user_id}, expected_version, "This profile", name=name.strip())
         session.refresh(user)
         if phone is not _UNCHANGED:
@@ -251,6 +254,7 @@ def change_role(db: Database, *, actor: Actor, user_id: int, role: str, expected
         user = session.get(User, user_id)
         if user is None or user.status == "system":
             raise NotFound(f"No user with id {user_id}.")
+        require_recent_reauth(session, actor, "change a role")
         before = user.role
         bump_version(session, User, {"id": user_id}, expected_version, "This user", role=role)
         session.refresh(user)

@@ -8,7 +8,7 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from core.services import auth
+from tests.factories import signed_in
 
 ROOT = Path(__file__).resolve().parents[2]
 MAIN = str(ROOT / "app" / "main.py")
@@ -26,8 +26,8 @@ def _clean_streamlit(monkeypatch):
 
 def open_app(db, actor=None, page: str | None = None, **state) -> AppTest:
     at = AppTest.from_file(MAIN, default_timeout=60)
-    if actor is not None:
-        at.session_state["session_token"] = auth.create_session(db, actor=actor)
+    if actor is not None:  # signed in with both factors where the role needs two
+        at.session_state["session_token"] = signed_in(db, actor)[1]
     for key, value in state.items():
         at.session_state[key] = value
     at.run()

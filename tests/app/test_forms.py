@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from datetime import date
 
+import pyotp
 from sqlalchemy import func, select
 
 from core.db.models import AuthSession, Distribution, Invitation, Pool, Transaction, Valuation
@@ -31,6 +32,13 @@ def test_sign_in_with_the_right_password_opens_the_overview(db):
     manager = make_user(db, "manager", email="m@example.com")
     at = sign_in(open_app(db), "M@example.com", PASSWORD)
     assert not at.exception
+    assert [t.value for t in at.title] == ["Two-step sign-in"]  # a manager sets up the second factor first
+    secret = next(t for t in at.text_input if t.label == "Key").value
+    next(t for t in at.text_input if t.label == "Code").input(pyotp.TOTP(secret).now())
+    button(at, "Confirm").click()
+    at.run()
+    button(at, "I have saved them: continue").click()
+    at.run()
     assert [t.value for t in at.title] == ["Overview"]
     assert at.session_state["actor"] == manager
     assert count(db, AuthSession) == 1

@@ -7,7 +7,7 @@ from core.domain.errors import AuthenticationError
 from core.services import auth, notifications, users
 from core.services.notifications import add_in_app
 from tests.app.conftest import button, errors, open_app, table_text, texts, toasts
-from tests.factories import PASSWORD, make_user
+from tests.factories import PASSWORD, make_user, signed_in
 
 NEW_PASSWORD = "a-brand-new-password"
 
@@ -31,6 +31,10 @@ def test_admin_changes_a_role_deactivates_reactivates_and_unlocks(db):
                                                  if person.email in o)).run()
     at.selectbox(key=f"role_{person.id}").set_value("manager").run()
     at.button(key=f"change_role_{person.id}").click().run()
+    next(t for t in at.text_input if t.label == "Your password").input(PASSWORD)  # a role change asks first
+    button(at, "Confirm it is me").click()
+    at.run()
+    at.button(key=f"change_role_{person.id}").click().run()
     assert f"{person.email} is now manager." in toasts(at)
     assert users.get_user(db, actor=admin, user_id=person.id).role == "manager"
 
@@ -50,7 +54,7 @@ def test_admin_changes_a_role_deactivates_reactivates_and_unlocks(db):
 def test_admin_revokes_a_session_and_signs_someone_out_everywhere(db):
     admin = make_user(db, "admin")
     person = make_user(db, "manager")
-    first, second = auth.create_session(db, actor=person), auth.create_session(db, actor=person)
+    first, second = signed_in(db, person)[1], signed_in(db, person)[1]
     at = open_app(db, admin, "admin")
     picks = at.selectbox(key="revoke_pick")
     mine = [o for o in picks.options if person.email in o]

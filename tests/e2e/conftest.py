@@ -32,13 +32,55 @@ def fresh_database(suffix: str) -> str:
     return new_postgres_database(os.environ.get("POOLDESK_TEST_PG_DB", "pooldesk_test") + suffix)
 
 
-def create_user(env: dict, *, email: str, name: str, role: str, password: str | None) -> None:
-    """A user made through the service before anyone can invite, as `pooldesk` would."""
-    subprocess.run([sys.executable, "-c", (
-        "from core.db.session import get_database; from core.services import users;"
-        "db = get_database(); system = users.system_actor(db);"
-        f"users.create_user(db, actor=system, email={email!r}, name={name!r}, role={role!r}, password={password!r})"
-    )], env=env, cwd=ROOT, check=True)
+def create_user(env: dict, *, email: str, name: str, role: str, password: str | None,
+                totp_secret: str | None = None) -> None:
+    """A user made through the service before anyone can invite, as `pooldesk` would; with ``totp_secret``,
+    already enrolled in two-step sign-in with that secret (as if they had scanned it)."""
+    script = [
+        "from core.db.session import get_database",
+        "from core.services import users",
+        "db = get_database()",
+        "system = users.system_actor(db)",
+        f"users.create_user(db, actor=system, email={email!r}, name={name!r}, role={role!r}, password={password!r})",
+    ]
+    if totp_secret is not None:
+        script += [
+            "from sqlalchemy import select",
+            "from core.db.models import User, utcnow",
+            "with db.transaction() as session:",
+            f"    user = session.scalar(select(User).where(User.email == {email!r}))",
+            f"    user.mfa_secret, user.mfa_enabled_at = {totp_secret!r}, utcnow()",
+        ]
+    subprocess.run([sys.executable, "-c", "\n".join(script)], env=env, cwd=ROOT, check=True)
+
+
+class Authenticator:
+    """The phone app: the current code, or the next step's when the current one was used (each is
+    accepted once, one step either way)."""
+
+    def __init__(self, secret: str):
+        import pyotp
+
+        self.totp = pyotp.TOTP(secret)
+        self.last_step = -1
+
+    def code(self) -> str:
+        while True:
+            current = int(time.time()) // self.totp.interval
+            step = max(current, self.last_step + 1)
+            if step <= current + 1:
+                break
+            time.sleep(1)
+        self.last_step = step
+        return self.totp.at(step * self.totp.interval)
+
+
+def give_code(page, code: str, *, wait: bool = True) -> None:
+    """The second step of signing in: the code from the app, or a recovery code."""
+    page.get_by_role("textbox", name="Code", exact=True).fill(code)
+    page.get_by_role("button", name="Verify").click()
+    if wait:
+        settle(page)
 
 
 @contextmanager

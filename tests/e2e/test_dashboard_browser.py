@@ -15,16 +15,18 @@ import time
 import pytest
 from pypdf import PdfReader
 
-from tests.e2e.conftest import running_app, settle, shot
+from tests.e2e.conftest import Authenticator, give_code, running_app, settle, shot
 
 pytestmark = pytest.mark.e2e
 
 PASSWORD = "manager-password-1"
+MANAGER_TOTP = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"  # the manager is enrolled in two-step sign-in
 
 
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
-    manager = dict(email="manager@example.com", name="Maya Manager", role="manager", password=PASSWORD)
+    manager = dict(email="manager@example.com", name="Maya Manager", role="manager", password=PASSWORD,
+                   totp_secret=MANAGER_TOTP)
     with running_app(tmp_path_factory, "_e2e", users=[manager]) as base:
         yield base
 
@@ -42,12 +44,16 @@ def sign_out(page) -> None:
     settle(page)
 
 
-def sign_in(page, email: str, password: str, *, wait: bool = True) -> None:
-    """Sign in; with ``wait=False`` the next step starts at once, as a quick user's would."""
+def sign_in(page, email: str, password: str, *, wait: bool = True, app: Authenticator | None = None) -> None:
+    """Sign in (with the code from ``app`` when two-step sign-in is on); with ``wait=False`` the next step
+    starts at once, as a quick user's would."""
     page.get_by_role("textbox", name="Email", exact=True).fill(email)
     page.get_by_label("Password", exact=True).fill(password)
     page.get_by_role("button", name="Sign in").click()
-    if wait:
+    if app is not None:
+        settle(page)
+        give_code(page, app.code(), wait=wait)
+    elif wait:
         settle(page)
 
 
@@ -70,14 +76,15 @@ def test_manager_and_investor_whole_journey(app_url, browser):
     expect(page.get_by_role("button", name="Sign in")).to_be_visible()
     shot(page, "01-sign-in")
 
-    sign_in(page, "manager@example.com", PASSWORD)
+    phone = Authenticator(MANAGER_TOTP)
+    sign_in(page, "manager@example.com", PASSWORD, app=phone)
     expect(page.get_by_role("heading", name="Overview")).to_be_visible()
     shot(page, "02-manager-overview")
     sign_out(page)
 
     # sign in and go straight on to another page: the sign-in cookie is still written, so a reload keeps
     # the user on that page
-    sign_in(page, "manager@example.com", PASSWORD, wait=False)
+    sign_in(page, "manager@example.com", PASSWORD, wait=False, app=phone)
     open_page(page, "Pools")
     deadline = time.monotonic() + 15  # written by the browser a moment later, whichever page is open
     while not session_cookie(manager_context):

@@ -11,9 +11,10 @@ import sys
 
 import pytest
 
-from tests.e2e.conftest import free_port, running_app, settle, shot, wait_until_up
+from tests.e2e.conftest import Authenticator, free_port, give_code, running_app, settle, shot, wait_until_up
 
 pytestmark = pytest.mark.e2e
+SSO_MANAGER_TOTP = "KRUGS4ZANFZSAYJAORSXG5BAONSWG4TF"  # the manager is enrolled in two-step sign-in
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,8 @@ def sso_app(tmp_path_factory, provider):
         'client_id = "pooldesk-e2e"\n'
         'client_secret = "pooldesk-e2e-secret"\n'
         f'server_metadata_url = "{provider}/.well-known/openid-configuration"\n')
-    users = [dict(email="sso.manager@example.com", name="Sam Single", role="manager", password=None)]
+    users = [dict(email="sso.manager@example.com", name="Sam Single", role="manager", password=None,
+                  totp_secret=SSO_MANAGER_TOTP)]
     with running_app(tmp_path_factory, "_e2e_sso", users=users, port=port,
                      args=["--secrets.files", str(secrets)]) as base:
         yield base
@@ -78,6 +80,9 @@ def test_an_active_users_identity_signs_in_with_their_role(sso_app, browser):
     from playwright.sync_api import expect
 
     context, page = sign_in_with_provider(browser, sso_app, "sso.manager@example.com")
+    # a manager gives the second factor after the identity provider too
+    expect(page.get_by_role("heading", name="Two-step sign-in")).to_be_visible()
+    give_code(page, Authenticator(SSO_MANAGER_TOTP).code())
     expect(page.get_by_role("heading", name="Overview", level=1)).to_be_visible()
     sidebar = page.locator("[data-testid='stSidebar']")
     expect(sidebar).to_contain_text("Sam Single")

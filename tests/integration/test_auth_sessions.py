@@ -10,7 +10,7 @@ from core.db.models import AuditEvent, AuthSession, User, utcnow
 from core.domain.errors import AuthenticationError, PermissionDenied
 from core.services import auth, users
 from core.services.users import GENERIC_LOGIN_ERROR
-from tests.factories import PASSWORD, make_user
+from tests.factories import PASSWORD, make_user, signed_in
 
 
 def test_a_new_session_signs_in_until_it_is_signed_out(db):
@@ -26,7 +26,7 @@ def test_a_new_session_signs_in_until_it_is_signed_out(db):
 
 
 def test_idle_and_absolute_limits_end_a_session(db):
-    manager = make_user(db, "manager")
+    manager = make_user(db, "analyst")  # no second factor to give
     start = utcnow()
     token = auth.create_session(db, actor=manager, now=start)
     assert auth.validate_session(db, token=token, now=start + timedelta(minutes=29)) == manager
@@ -72,8 +72,7 @@ def test_sign_out_everywhere_ends_every_session_of_that_user_only(db):
 def test_admin_revokes_one_session_and_sees_only_open_ones(db):
     admin = make_user(db, "admin")
     manager = make_user(db, "manager")
-    first = auth.create_session(db, actor=manager)
-    second = auth.create_session(db, actor=manager)
+    first, second = signed_in(db, manager)[1], signed_in(db, manager)[1]  # with the second factor
     listed = auth.list_sessions(db, actor=admin, user_id=manager.id)
     assert len(listed) == 2
     target = next(s for s in listed if s.id != listed[0].id)

@@ -1,4 +1,4 @@
-"""Users, their sign-in sessions, invitations and password resets."""
+"""Users, their sign-in sessions, invitations, password resets and second-factor recovery codes."""
 from __future__ import annotations
 
 from datetime import datetime
@@ -29,7 +29,11 @@ class User(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     version: Mapped[int] = mapped_column(Integer, default=1)
-
+    # TOTP second factor: the secret (encrypted), when enrolment was confirmed (None: not enrolled, or a
+    # secret shown but not confirmed yet) and the last time step accepted, so a code works only once.
+    mfa_secret: Mapped[str | None] = mapped_column(Encrypted(500))
+    mfa_enabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    mfa_last_step: Mapped[int | None] = mapped_column(Integer)
 
 
 class AuthSession(Base):
@@ -44,6 +48,10 @@ class AuthSession(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     user_agent: Mapped[str | None] = mapped_column(String(300))
+    # When this session gave its second factor (None: not yet; it signs nobody in while one is required),
+    # and when its user last confirmed their password or a code again, for sensitive operations.
+    second_factor_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    reauth_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class Invitation(Base):
@@ -72,6 +80,18 @@ class PasswordReset(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())  # a newer request or a password change
+
+
+class RecoveryCode(Base):
+    """A one-time second-factor code, kept only as a keyed digest."""
+
+    __tablename__ = "mfa_recovery_codes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    code_digest: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 Index("ix_invitations_email", Invitation.email)
