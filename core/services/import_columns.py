@@ -46,8 +46,8 @@ from core.domain.money import minor_units, parse_amount, parse_units
 from core.services import import_writer as iw
 from core.services.context import Actor
 from core.services.importer import (
-    HEADER, TYPES, ImportResult, Row, _book, _create_investors, _Holding, _investors, _position_rows, _Replay,
-    _update_pool, _history_floor,
+    FIELD_LIMIT, HEADER, SHOWN_ERRORS, TYPES, ImportOptions, ImportResult, Row, _book, _create_investors, _Holding,
+    _investors, _position_rows, _Replay, _update_pool, _history_floor, repeated_rows_text,
 )
 from core.services.users import EMAIL_RE
 
@@ -65,30 +65,39 @@ class _Decline(Exception):
     """The fast path does not take this file; the reference replay will."""
 
 
-def import_columns(session: Session, actor: Actor, pool: Pool, text: str, data: bytes,
-                   create_investors: bool) -> ImportResult | None:
-    """Import ``text`` if the fast path takes it, else return None having written nothing."""
+def import_columns(session: Session, actor: Actor, pool: Pool, data: bytes,
+                   options: ImportOptions) -> ImportResult | None:
+    """Import the file (its UTF-8 bytes) if the fast path takes it, else return None having written nothing."""
     if pool.pricing_policy != "latest":
         return None
     try:
-        columns = _read(text, data)
+        columns = _read(data)
+        del data
         rows = _check(columns, pool.currency)
+        del columns
+        count, named = _repeats(rows)
+        if count and options.refuse_identical_rows:
+            raise _Decline()  # the reference words the errors
     except _Decline:
         return None
-    return _apply(session, actor, pool, rows, create_investors)
+    result = _apply(session, actor, pool, rows, options)
+    if result is not None and count:
+        result.warnings.append(repeated_rows_text(count, named))
+    return result
 
 
 # --- reading ---------------------------------------------------------------------------
 
-def _read(text: str, data: bytes) -> pa.Table:
+def _read(data: bytes) -> pa.Table:
     """The data rows as six string columns, when row i of the table is row i + 2 of the file."""
-    if '"' in text or "\x00" in text:
+    if b'"' in data or b"\x00" in data:
         raise _Decline()  # quoting: records may span lines; leave csv semantics to the csv module
-    if "\r" in text and text.count("\r") != text.count("\r\n"):
+    if b"\r" in data and data.count(b"\r") != data.count(b"\r\n"):
         raise _Decline()
-    if text.startswith(("\n", "\r\n")) or "\n\n" in text or "\n\r\n" in text:
+    if data.startswith((b"\n", b"\r\n")) or b"\n\n" in data or b"\n\r\n" in data:
         raise _Decline()  # blank lines are skipped but still numbered
-    first = text.split("\n", 1)[0].rstrip("\r")
+    end = data.find(b"\n")
+    first = (data if end < 0 else data[:end]).rstrip(b"\r").decode("utf-8", "replace")
     if [h.strip().lower() for h in first.split(",")] != HEADER:
         raise _Decline()
     names = ["date", "type", "investor", "amount", "units", "note"]
@@ -153,6 +162,8 @@ def _check(table: pa.Table, currency: str) -> _Rows:
     units_state = u_state[units_codes]
     # Notes: stripped, kept per distinct text.
     note_codes, raw_notes = _encode(table.column("note"))
+    if any(len(raw) > FIELD_LIMIT for raw in raw_notes):
+        raise _Decline()  # the reference reader refuses a field this long
     rows.note_code = note_codes
     rows.notes = pa.array([raw.strip() for raw in raw_notes], pa.string())
     rows.raw_amount = table.column("amount")
@@ -175,11 +186,47 @@ def _check(table: pa.Table, currency: str) -> _Rows:
     ok &= ~(withdrawal & has_units) | ((units_state == ALL) | (units_state == VALUE))
     if not ok.all():
         raise _Decline()
+    rows.amount_state, rows.units_state = a_state, units_state
     rows.flow = np.where(contribution, 0, np.where(withdrawal & has_amount, BY_AMOUNT, BY_UNITS)).astype(np.int8)
     rows.all_units = withdrawal & (units_state == ALL)
     if int(np.abs(rows.amount).sum(dtype=np.float64)) >= SAFE or int(rows.units.sum(dtype=np.float64)) >= SAFE:
         raise _Decline()
     return rows
+
+
+def _canonical(values: list, codes: np.ndarray) -> np.ndarray:
+    """Per row, one code per distinct value (distinct texts may read as the same value)."""
+    seen: dict = {}
+    return np.array([seen.setdefault(v, len(seen)) for v in values], dtype=np.int64)[codes]
+
+
+def _repeats(rows: _Rows) -> tuple[int, list[tuple[int, int]]]:
+    """importer.repeated_rows on columns: rows equal in every field, as read, to an earlier row.
+    The fields of a row are hashed to one number; rows that share it are compared field by field."""
+    if rows.n < 2:
+        return 0, []
+    fields = [_canonical([d.toordinal() for d in rows.dates], rows.date_code), rows.kind.astype(np.int64),
+              _canonical(rows.emails, rows.email_code), rows.amount, rows.amount_state.astype(np.int64),
+              rows.units, rows.units_state.astype(np.int64), _canonical(rows.notes.to_pylist(), rows.note_code)]
+    digest = np.zeros(rows.n, dtype=np.uint64)
+    for column in fields:
+        digest = (digest * np.uint64(0x100000001B3)) ^ column.astype(np.uint64)
+    order = np.argsort(digest, kind="stable")  # equal digests in file order
+    ordered = digest[order]
+    same = np.flatnonzero(ordered[1:] == ordered[:-1])
+    if not same.size:
+        return 0, []
+    candidates = np.unique(np.concatenate([order[same], order[same + 1]]))  # rows in groups of two or more
+    first: dict[tuple, int] = {}
+    count, named = 0, []
+    for i in candidates.tolist():  # in file order
+        key = tuple(int(column[i]) for column in fields)
+        earlier = first.setdefault(key, i)
+        if earlier != i:
+            count += 1
+            if len(named) < SHOWN_ERRORS:
+                named.append((i + 2, earlier + 2))
+    return count, named
 
 
 def _amounts(column: pa.ChunkedArray, currency: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -238,7 +285,7 @@ def _units(raw_units: list[str]) -> tuple[np.ndarray, np.ndarray]:
 
 # --- applying --------------------------------------------------------------------------
 
-def _apply(session: Session, actor: Actor, pool: Pool, rows: _Rows, create_investors: bool) -> ImportResult | None:
+def _apply(session: Session, actor: Actor, pool: Pool, rows: _Rows, options: ImportOptions) -> ImportResult | None:
     """importer._apply's checks on distinct values, then the segment replay, writing as it goes."""
     has_flows = bool((rows.kind != VALUATION).any())
     if pool.status != "open" and has_flows:
@@ -250,19 +297,20 @@ def _apply(session: Session, actor: Actor, pool: Pool, rows: _Rows, create_inves
     emails = {e for e in rows.emails if e}
     known, others = _investors(session, emails)
     missing = sorted(emails - set(known))
-    if missing and (not create_investors or any(e in others for e in missing)):
+    if missing and (not options.create_investors or any(e in others for e in missing)):
         return None
     savepoint = session.begin_nested()
     writer = None
     try:
-        created = _create_investors(session, actor, pool, missing, known) if create_investors else 0
+        created = _create_investors(session, actor, pool, missing, known) if options.create_investors else 0
         holdings, valuation_dates = _book(session, pool)
         replay = _SegmentReplay(pool, holdings, valuation_dates, datetime.now(timezone.utc), rows, known)
         if replay.boundaries * MIN_SEGMENT > rows.n and rows.n > 64 * MIN_SEGMENT:
             raise _Decline()
         writer = iw.PostingWriter(session, pool_id=pool.id, actor_id=actor.id, now=replay.now,
                                   valuations=int((rows.kind == VALUATION).sum()),
-                                  distributions=int((rows.kind == DISTRIBUTION).sum()), rows=int(rows.n))
+                                  distributions=int((rows.kind == DISTRIBUTION).sum()), rows=int(rows.n),
+                                  notify=options.notify)
         replay.run(writer)
         replay.settle_holdings()
         writer.finish(replay.valuations, replay.fees, replay.distributions, _position_rows(replay.holdings.values()))
@@ -278,6 +326,7 @@ def _apply(session: Session, actor: Actor, pool: Pool, rows: _Rows, create_inves
         raise
     savepoint.commit()
     result = replay.result
+    result.bulk = writer.bulk
     result.rows = rows.n
     result.investors_created = created
     return result

@@ -19,16 +19,17 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import heapq
 import io
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from decimal import Decimal
-from typing import Iterable, TextIO
+from typing import Callable, Iterable, TextIO
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core.db.models import Pool, Position, User, Valuation
+from core.db.models import ImportFile, Pool, Position, User, Valuation
 from core.db.session import Database
 from core.domain import accounting
 from core.domain.errors import PooldeskError, ValidationError
@@ -41,10 +42,14 @@ from core.services.users import EMAIL_RE
 HEADER = ["date", "type", "investor", "amount", "units", "note"]
 TYPES = ("contribution", "withdrawal", "distribution", "valuation")
 ZERO = Decimal(0)
-MAX_ERRORS = 1000
+MAX_ERRORS = 1000  # replay errors: after this many the replay stops (what it would find next is noise)
+SHOWN_ERRORS = 50  # errors kept and shown, the first by row; the rest are counted
+SHOWN_REPEATS = 5  # identical rows named in the warning
+FIELD_LIMIT = csv.field_size_limit()  # characters in one field (131,072)
+READ_CHARS = 1 << 22  # a file is read this many characters at a time
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Row:
     number: int  # the header is row 1
     day: date
@@ -65,6 +70,8 @@ class ImportResult:
     pending: int = 0
     investors_created: int = 0
     errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # the import went on (identical rows)
+    bulk: bool = False  # loaded in bulk (docs/import.md): every pool's postings waited for it
 
     @property
     def ok(self) -> bool:
@@ -72,16 +79,91 @@ class ImportResult:
 
 
 class ImportRejected(ValidationError):
-    def __init__(self, errors: list[str]):
-        super().__init__(f"The file was not imported: {len(errors)} row(s) have errors.")
-        self.errors = errors
+    """``errors``: the first SHOWN_ERRORS errors by row, then "... and N more errors." when there
+    were more; ``total``: how many in all."""
+
+    def __init__(self, errors: list[str], total: int | None = None):
+        total = len(errors) if total is None else total
+        super().__init__(f"The file was not imported: {total:,} error(s).")
+        self.total = total
+        self.errors = errors[:SHOWN_ERRORS]
+        if total > len(self.errors):
+            self.errors.append(f"... and {total - len(self.errors):,} more errors.")
+
+
+class DuplicateFile(ValidationError):
+    """The same file (by content) was imported into this pool before."""
+
+    def __init__(self, pool_code: str, imported_at: datetime, imported_by: str | None, rows: int):
+        when = imported_at.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        super().__init__(
+            f"This file was already imported into {pool_code} on {when}"
+            + (f" by {imported_by}" if imported_by else "") + f" ({rows:,} rows); nothing was imported. "
+            "Importing it again would record every row twice. If it really is new history, "
+            "import it again allowing a duplicate file (pooldesk import --allow-duplicate-file).", field="file")
+        self.imported_at, self.imported_by, self.rows = imported_at, imported_by, rows
+
+
+class Errors:
+    """Every error counted; kept are only the first SHOWN_ERRORS by row (then by when they were found),
+    so a file of a million bad rows costs no more memory than one of fifty."""
+
+    def __init__(self):
+        self.count = 0
+        self._kept: list[tuple[int, int, str]] = []  # a max-heap of (-row, -seq, message)
+
+    def append(self, message: str) -> None:
+        self.count += 1
+        item = (-_row_number(message), -self.count, message)
+        if len(self._kept) < SHOWN_ERRORS:
+            heapq.heappush(self._kept, item)
+        elif item > self._kept[0]:
+            heapq.heapreplace(self._kept, item)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def shown(self) -> list[str]:
+        return [message for _, _, message in sorted(self._kept, reverse=True)]
+
+    def rejected(self) -> ImportRejected:
+        return ImportRejected(self.shown(), self.count)
+
+
+class Fingerprint:
+    """sha256 of a file's text, fed a piece at a time. Line endings (\\r\\n, \\r, \\n), a leading
+    byte-order mark and line ends at the very end do not count: the same rows saved on another
+    system are the same file. The order of the rows does count (see docs/import.md)."""
+
+    def __init__(self):
+        self._sha = hashlib.sha256()
+        self._held = ""  # line ends at the end of what was fed so far
+        self._started = False
+
+    def update(self, text: str) -> None:
+        if not self._started and text:
+            self._started = True
+            text = text.removeprefix("\ufeff")
+        text = self._held + text if self._held else text
+        body = text.rstrip("\r\n")
+        self._held = text[len(body):]
+        if body:
+            self._sha.update(body.replace("\r\n", "\n").replace("\r", "\n").encode("utf-8", "surrogatepass"))
+
+    def hexdigest(self) -> str:
+        return self._sha.hexdigest()
 
 
 # --- reading ---------------------------------------------------------------------------
 
-def read_rows(lines: Iterable[str], currency: str, errors: list[str]) -> list[Row]:
+def read_rows(lines: Iterable[str], currency: str, errors: Errors, nul: bool = True) -> list[Row]:
+    """Every data row checked; a bad one is counted in ``errors`` (and named, among the first).
+    ``nul``: whether the text may hold a NUL character (the caller looked once, for the whole file)."""
     reader = csv.reader(lines)
-    header = next(reader, None)
+    try:
+        header = next(reader, None)
+    except csv.Error:
+        header = [""]
     if header is None:
         errors.append("Row 1: the file is empty (expected the header date,type,investor,amount,units,note).")
         return []
@@ -90,12 +172,23 @@ def read_rows(lines: Iterable[str], currency: str, errors: list[str]) -> list[Ro
         return []
     rows: list[Row] = []
     dates: dict[str, date] = {}
-    for number, record in enumerate(reader, start=2):
-        if len(errors) >= MAX_ERRORS:
-            errors.append(f"Stopped after {MAX_ERRORS} errors.")
+    emails: dict[str, str] = {}  # one string per address, not one per row
+    number = 1
+    while True:
+        number += 1
+        try:
+            record = next(reader)
+        except StopIteration:
             break
+        except csv.Error as exc:  # a field over the csv module's limit; a quote left open to the end
+            errors.append(f"Row {number}: " + (f"a field is longer than {FIELD_LIMIT:,} characters."
+                                                if "field limit" in str(exc) else f"this is not CSV ({exc})."))
+            continue
         if not record or (len(record) == 1 and not record[0].strip()):
             continue  # blank line
+        if nul and any("\x00" in value for value in record):
+            errors.append(f"Row {number}: the row holds a NUL character (a zero byte): this is not a CSV text file.")
+            continue
         if len(record) != 6:
             errors.append(f"Row {number}: expected 6 columns, found {len(record)}.")
             continue
@@ -111,11 +204,43 @@ def read_rows(lines: Iterable[str], currency: str, errors: list[str]) -> list[Ro
         if kind not in TYPES:
             errors.append(f"Row {number}: unknown type {kind!r} (use one of {', '.join(TYPES)}).")
             continue
+        email = email.lower()
+        email = emails.setdefault(email, email)
         try:
-            rows.append(_check_row(number, day, kind, email.lower(), raw_amount, raw_units, note, currency))
+            row = _check_row(number, day, kind, email, raw_amount, raw_units, note, currency)
         except PooldeskError as exc:
             errors.append(f"Row {number}: {exc.message}")
+            continue
+        rows.append(row)
     return rows
+
+
+def repeated_rows(rows: Iterable[Row]) -> tuple[int, list[tuple[int, int]]]:
+    """Rows equal in every field to an earlier row of the file: how many, and the first SHOWN_ERRORS as
+    (row, the earlier row). Fields are compared as read: 100 and 100.00 are the same amount."""
+    first: dict[tuple, int] = {}
+    count, named = 0, []
+    for row in rows:
+        key = (row.day, row.type, row.email, row.amount, row.units, row.note)
+        earlier = first.setdefault(key, row.number)
+        if earlier != row.number:
+            count += 1
+            if len(named) < SHOWN_ERRORS:
+                named.append((row.number, earlier))
+    return count, named
+
+
+def repeated_rows_text(count: int, named: list[tuple[int, int]]) -> str:
+    listed = ", ".join(f"row {row} (as row {earlier})" for row, earlier in named[:SHOWN_REPEATS])
+    more = f" and {count - SHOWN_REPEATS:,} more" if count > SHOWN_REPEATS else ""
+    return (f"{count:,} row(s) repeat an earlier row of the file in every field: {listed}{more}. "
+            "They were imported as written; if the file holds a row twice by mistake, reverse the copies.")
+
+
+def refuse_repeated_rows(errors: Errors, count: int, named: list[tuple[int, int]]) -> None:
+    for row, earlier in named:
+        errors.append(f"Row {row}: repeats row {earlier} in every field (identical rows are refused).")
+    errors.count += count - len(named)  # later rows than those named: counted, never shown
 
 
 def _check_row(number, day, kind, email, raw_amount, raw_units, note, currency) -> Row:
@@ -357,8 +482,13 @@ class _Replay:
 # --- applying --------------------------------------------------------------------------
 
 def import_csv(db: Database, *, actor: Actor, pool_code: str, source: TextIO | Iterable[str] | str,
-               create_investors: bool = False) -> ImportResult:
-    """Check the whole file, then apply it in one transaction; raise ImportRejected listing every bad row."""
+               create_investors: bool = False, allow_duplicate_file: bool = False,
+               refuse_identical_rows: bool = False, notify: Callable[[str], None] | None = None) -> ImportResult:
+    """Check the whole file, then apply it in one transaction; raise ImportRejected listing the first
+    bad rows (and how many in all), DuplicateFile when this pool has had the same file before (unless
+    ``allow_duplicate_file``). Rows identical to an earlier row are imported with a warning in the
+    result, or refused with ``refuse_identical_rows``. ``notify`` hears, before the rows are written,
+    that a bulk load will hold every pool's postings until it commits."""
     from core.services import import_columns
 
     with db.transaction() as session:
@@ -367,45 +497,80 @@ def import_csv(db: Database, *, actor: Actor, pool_code: str, source: TextIO | I
             raise ValidationError(f"No pool with the code {pool_code!r}.", field="pool")
         pool = lock_pool(session, pool.id)
         require_pool_manager(session, actor, pool.id, "import into this pool")
-        text, lines = _slurp(source)
-        data = text.encode()
-        digest = hashlib.sha256(data).hexdigest()
-        result = import_columns.import_columns(session, actor, pool, text, data, create_investors)
+        data, digest = read_source(source)
+        _refuse_duplicate_file(session, pool, digest, allow_duplicate_file)
+        options = ImportOptions(create_investors, refuse_identical_rows, notify)
+        result = import_columns.import_columns(session, actor, pool, data, options)
         if result is None:
-            errors: list[str] = []
-            rows = read_rows(lines, pool.currency, errors)
-            result = _apply(session, actor, pool, rows, errors, create_investors)
+            errors = Errors()
+            nul = b"\x00" in data
+            rows = read_rows(_lines(data), pool.currency, errors, nul)
+            del data
+            count, named = repeated_rows(rows)
+            if count and refuse_identical_rows:
+                refuse_repeated_rows(errors, count, named)
+            result = _apply(session, actor, pool, rows, errors, options)
             if errors:
-                raise ImportRejected(sorted(errors, key=_row_number))
+                raise errors.rejected()
+            if count:
+                result.warnings.append(repeated_rows_text(count, named))
         audit.record(session, actor, "import.apply", "pool", pool.id, None, {
             "rows": result.rows, "sha256": digest, "contributions": result.contributions,
             "withdrawals": result.withdrawals, "distributions": result.distributions,
             "valuations": result.valuations, "pending": result.pending,
             "investors_created": result.investors_created})
+        _record_file(session, actor, pool, digest, result.rows, allow_duplicate_file)
         return result
 
 
-class _Lines:
-    """The text as the lines the csv reader would have been given, split only when iterated: the
-    columnar path, which takes most files, never needs them (a copy of a large file costs time)."""
-
-    def __init__(self, text: str, newline: str | None):
-        self.text, self.newline = text, newline
-
-    def __iter__(self):
-        return iter(io.StringIO(self.text, newline=self.newline))
+@dataclass(frozen=True)
+class ImportOptions:
+    create_investors: bool = False
+    refuse_identical_rows: bool = False
+    notify: Callable[[str], None] | None = None
 
 
-def _slurp(source: TextIO | Iterable[str] | str) -> tuple[str, Iterable[str]]:
-    """The whole text, and the same text as the lines the csv reader would have been given."""
+def read_source(source: TextIO | Iterable[str] | str) -> tuple[bytes, str]:
+    """The file's text as UTF-8 bytes, and its fingerprint, read a piece at a time: the text is never
+    held twice over (as text and as bytes)."""
+    fingerprint = Fingerprint()
     if isinstance(source, str):
-        return source, _Lines(source, "\n")
+        fingerprint.update(source)
+        return source.encode("utf-8", "surrogatepass"), fingerprint.hexdigest()
     if hasattr(source, "read"):
-        text = source.read()
-        # Iterating a file opened with newline="" (or translated newlines) splits lines like this.
-        return text, _Lines(text, "")
-    lines = list(source)
-    return "".join(lines), lines
+        pieces = iter(lambda: source.read(READ_CHARS), "")
+    else:
+        pieces = iter(source)
+    parts = []
+    for piece in pieces:
+        fingerprint.update(piece)
+        parts.append(piece.encode("utf-8", "surrogatepass"))
+    data = b"".join(parts)
+    parts.clear()
+    return data, fingerprint.hexdigest()
+
+
+def _lines(data: bytes) -> Iterable[str]:
+    """The text as the lines a csv reader is meant to be given (newline=''), decoded as they are read."""
+    return io.TextIOWrapper(io.BytesIO(data), encoding="utf-8", errors="surrogatepass", newline="")
+
+
+def _refuse_duplicate_file(session: Session, pool: Pool, digest: str, allowed: bool) -> None:
+    if allowed:
+        return
+    first = session.execute(
+        select(ImportFile.imported_at, User.email, ImportFile.rows)
+        .join(User, User.id == ImportFile.imported_by, isouter=True)
+        .where(ImportFile.pool_id == pool.id, ImportFile.sha256 == digest)
+        .order_by(ImportFile.imported_at, ImportFile.id).limit(1)).first()
+    if first is not None:
+        raise DuplicateFile(pool.code, *first)
+
+
+def _record_file(session: Session, actor: Actor, pool: Pool, digest: str, rows: int, allowed: bool) -> None:
+    session.add(ImportFile(pool_id=pool.id, sha256=digest, rows=rows, imported_by=actor.id,
+                           imported_at=datetime.now(timezone.utc), duplicate_allowed=allowed))
+    session.flush()
 
 
 def _row_number(error: str) -> int:
@@ -453,12 +618,12 @@ def _book(session: Session, pool: Pool) -> tuple[dict[int, _Holding], set[date]]
     return holdings, valuation_dates
 
 
-def _apply(session: Session, actor: Actor, pool: Pool, rows: list[Row], errors: list[str],
-           create_investors: bool) -> ImportResult:
+def _apply(session: Session, actor: Actor, pool: Pool, rows: list[Row], errors: Errors,
+           options: ImportOptions) -> ImportResult:
     today = date.today()
     has_flows = any(r.type != "valuation" for r in rows)
     if pool.status != "open" and has_flows:
-        errors.insert(0, f"Pool {pool.code} is {pool.status}: it takes no contributions, withdrawals or distributions.")
+        errors.append(f"Pool {pool.code} is {pool.status}: it takes no contributions, withdrawals or distributions.")
     floor = _history_floor(pool)
     emails = {r.email for r in rows if r.email}
     known, others = _investors(session, emails)
@@ -470,12 +635,12 @@ def _apply(session: Session, actor: Actor, pool: Pool, rows: list[Row], errors: 
             errors.append(f"Row {row.number}: {row.day} is before the pool's recorded history ends ({floor}).")
         elif row.day > today:
             errors.append(f"Row {row.number}: {row.day} is in the future.")
-        elif row.email and row.email not in known and (not create_investors or row.email in others):
+        elif row.email and row.email not in known and (not options.create_investors or row.email in others):
             why = "is not an active investor" if row.email in others else "is not a known investor (use --create-investors to add)"
             errors.append(f"Row {row.number}: {row.email} {why}.")
     if errors:
-        return ImportResult(rows=len(rows), errors=errors)
-    created = _create_investors(session, actor, pool, missing, known) if create_investors else 0
+        return ImportResult(rows=len(rows))
+    created = _create_investors(session, actor, pool, missing, known) if options.create_investors else 0
     holdings, valuation_dates = _book(session, pool)
     replay = _Replay(pool, holdings, valuation_dates, datetime.now(timezone.utc))
     ordered = sorted(rows, key=lambda r: (r.day, r.type != "valuation", r.number))
@@ -494,19 +659,21 @@ def _apply(session: Session, actor: Actor, pool: Pool, rows: list[Row], errors: 
             if len(errors) >= MAX_ERRORS:
                 break
     if errors:
-        return ImportResult(rows=len(rows), errors=errors)
-    _write(session, actor, pool, replay)
+        return ImportResult(rows=len(rows))
+    bulk = _write(session, actor, pool, replay, options.notify)
     result = replay.result
+    result.bulk = bulk
     result.rows = len(rows)
     result.investors_created = created
     return result
 
 
-def _write(session: Session, actor: Actor, pool: Pool, replay: _Replay) -> None:
-    """Write what the reference replay produced (the demo data uses this too)."""
+def _write(session: Session, actor: Actor, pool: Pool, replay: _Replay,
+           notify: Callable[[str], None] | None = None) -> bool:
+    """Write what the reference replay produced (the demo data uses this too); whether it went in bulk."""
     writer = import_writer.PostingWriter(session, pool_id=pool.id, actor_id=actor.id, now=replay.now,
                                          valuations=len(replay.valuations), distributions=len(replay.distributions),
-                                         rows=len(replay.transactions))
+                                         rows=len(replay.transactions), notify=notify)
     if replay.transactions:
         writer.add_transactions(import_writer.tx_batch_from_rows(replay.transactions))
     if replay.journal:
@@ -514,6 +681,7 @@ def _write(session: Session, actor: Actor, pool: Pool, replay: _Replay) -> None:
     writer.finish(replay.valuations, replay.fees, replay.distributions, _position_rows(replay.holdings.values()))
     last_flow = max((t[7] for t in replay.transactions), default=None)
     _update_pool(session, pool.id, replay, last_flow)
+    return writer.bulk
 
 
 def _position_rows(holdings: Iterable[_Holding]) -> tuple[list[tuple], list[tuple]]:

@@ -57,4 +57,4 @@ def test_the_hot_path_migration_goes_down_and_up_with_the_books_intact(pg_db):
         report = audit.verify(session)
         assert report.ok, report.problem
         assert session.execute(text("SELECT version_num FROM alembic_version ORDER BY 1")).scalars().all() == [
-            "0005_jobs_payouts", "0008_journal_indexes"]
+            "0005_jobs_payouts", "0009b_import_files"]
