@@ -47,6 +47,7 @@ SHOWN_ERRORS = 50  # errors kept and shown, the first by row; the rest are count
 SHOWN_REPEATS = 5  # identical rows named in the warning
 FIELD_LIMIT = csv.field_size_limit()  # characters in one field (131,072)
 READ_CHARS = 1 << 22  # a file is read this many characters at a time
+CHECKED_KEPT = 1 << 17  # combinations of fields read_rows keeps, once checked
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +173,9 @@ def read_rows(lines: Iterable[str], currency: str, errors: Errors, nul: bool = T
         return []
     rows: list[Row] = []
     dates: dict[str, date] = {}
-    emails: dict[str, str] = {}  # one string per address, not one per row
+    # The checked fields of rows that differ only in date: a file repeats few combinations (an investor's
+    # monthly saving), and rows that share them share one amount and one note instead of a copy each.
+    checked: dict[tuple, tuple] = {}
     number = 1
     while True:
         number += 1
@@ -205,13 +208,18 @@ def read_rows(lines: Iterable[str], currency: str, errors: Errors, nul: bool = T
             errors.append(f"Row {number}: unknown type {kind!r} (use one of {', '.join(TYPES)}).")
             continue
         email = email.lower()
-        email = emails.setdefault(email, email)
-        try:
-            row = _check_row(number, day, kind, email, raw_amount, raw_units, note, currency)
-        except PooldeskError as exc:
-            errors.append(f"Row {number}: {exc.message}")
-            continue
-        rows.append(row)
+        key = (kind, email, raw_amount, raw_units, note)
+        fields = checked.get(key)
+        if fields is None:
+            try:
+                row = _check_row(number, day, kind, email, raw_amount, raw_units, note, currency)
+            except PooldeskError as exc:
+                errors.append(f"Row {number}: {exc.message}")
+                continue
+            fields = (row.type, row.email, row.amount, row.units, row.note)
+            if len(checked) < CHECKED_KEPT:
+                checked[key] = fields
+        rows.append(Row(number, day, *fields))
     return rows
 
 
@@ -315,6 +323,25 @@ class _Replay:
         self.distributions: list[tuple] = []
         self.waiting: list[tuple[Row, int]] = []  # forward pricing
         self.result = ImportResult()
+        # Output already packed into column batches (see pack): a few dozen bytes a row instead of objects.
+        self.tx_batches: list[import_writer.TxBatch] = []
+        self.journal_batches: list[import_writer.JournalBatch] = []
+        self.last_flow: date | None = None
+
+    def pack(self) -> None:
+        """Move the rows made so far into column batches, unless a row still waits for its price
+        (forward pricing fills in a waiting row when it settles)."""
+        if self.waiting:
+            return
+        if self.transactions:
+            last = max(t[7] for t in self.transactions)
+            self.last_flow = last if self.last_flow is None else max(self.last_flow, last)
+            self.tx_batches.append(import_writer.tx_batch_from_rows(self.transactions))
+            self.tx_base += len(self.transactions)
+            self.transactions = []
+        if self.journal:
+            self.journal_batches.append(import_writer.journal_batch_from_rows(self.journal))
+            self.journal = []
 
     def current_price(self) -> Decimal:
         return self.price if self.units_outstanding > 0 else self.pool.initial_unit_price
@@ -643,8 +670,10 @@ def _apply(session: Session, actor: Actor, pool: Pool, rows: list[Row], errors: 
     created = _create_investors(session, actor, pool, missing, known) if options.create_investors else 0
     holdings, valuation_dates = _book(session, pool)
     replay = _Replay(pool, holdings, valuation_dates, datetime.now(timezone.utc))
-    ordered = sorted(rows, key=lambda r: (r.day, r.type != "valuation", r.number))
-    for row in ordered:
+    rows.sort(key=lambda r: (r.day, r.type != "valuation", r.number))
+    for row in rows:
+        if len(replay.transactions) >= import_writer.BATCH_ROWS:
+            replay.pack()
         try:
             if row.type == "valuation":
                 replay.valuation(row)
@@ -671,16 +700,20 @@ def _apply(session: Session, actor: Actor, pool: Pool, rows: list[Row], errors: 
 def _write(session: Session, actor: Actor, pool: Pool, replay: _Replay,
            notify: Callable[[str], None] | None = None) -> bool:
     """Write what the reference replay produced (the demo data uses this too); whether it went in bulk."""
+    replay.waiting = []  # what still waits is written pending
+    replay.pack()
     writer = import_writer.PostingWriter(session, pool_id=pool.id, actor_id=actor.id, now=replay.now,
                                          valuations=len(replay.valuations), distributions=len(replay.distributions),
-                                         rows=len(replay.transactions), notify=notify)
-    if replay.transactions:
-        writer.add_transactions(import_writer.tx_batch_from_rows(replay.transactions))
-    if replay.journal:
-        writer.add_journal(import_writer.journal_batch_from_rows(replay.journal))
+                                         rows=replay.tx_base, notify=notify)
+    # Legs go after the transactions they name; each batch of legs names only transactions packed with or before it.
+    for tx_batch in replay.tx_batches:
+        writer.add_transactions(tx_batch)
+    replay.tx_batches = []
+    for journal_batch in replay.journal_batches:
+        writer.add_journal(journal_batch)
+    replay.journal_batches = []
     writer.finish(replay.valuations, replay.fees, replay.distributions, _position_rows(replay.holdings.values()))
-    last_flow = max((t[7] for t in replay.transactions), default=None)
-    _update_pool(session, pool.id, replay, last_flow)
+    _update_pool(session, pool.id, replay, replay.last_flow)
     return writer.bulk
 
 
