@@ -47,7 +47,8 @@ from core.services import import_writer as iw
 from core.services.context import Actor
 from core.services.importer import (
     FIELD_LIMIT, HEADER, SHOWN_ERRORS, TYPES, ImportOptions, ImportResult, Row, _book, _create_investors, _Holding,
-    _investors, _position_rows, _Replay, _update_pool, _history_floor, repeated_rows_text,
+    _investors, _position_rows, _Replay, _update_pool, _history_floor, recorded_rows, recorded_rows_text,
+    repeated_rows_text,
 )
 from core.services.users import EMAIL_RE
 
@@ -76,14 +77,33 @@ def import_columns(session: Session, actor: Actor, pool: Pool, data: bytes,
         rows = _check(columns, pool.currency)
         del columns
         count, named = _repeats(rows)
-        if count and options.refuse_identical_rows:
+        on_record, rows_on_record = _on_record(session, pool, rows)
+        if (count or on_record) and options.refuse_identical_rows:
             raise _Decline()  # the reference words the errors
     except _Decline:
         return None
     result = _apply(session, actor, pool, rows, options)
     if result is not None and count:
         result.warnings.append(repeated_rows_text(count, named))
+    if result is not None and on_record:
+        result.warnings.append(recorded_rows_text(on_record, rows_on_record, _history_floor(pool)))
     return result
+
+
+def _on_record(session: Session, pool: Pool, rows: _Rows) -> tuple[int, list[int]]:
+    """importer.recorded_rows for the file's flows on the last date of the recorded history."""
+    floor = _history_floor(pool)
+    codes = [code for code, day in enumerate(rows.dates) if day == floor]
+    if not codes or pool.last_flow_date != floor:
+        return 0, []
+    candidates = []
+    for i in np.flatnonzero(np.isin(rows.date_code, codes) & (rows.kind <= WITHDRAWAL)).tolist():
+        amount = Decimal(int(rows.amount[i])).scaleb(-4) if rows.amount_state[i] == VALUE else None
+        units_state = rows.units_state[i]
+        units = "all" if units_state == ALL else Decimal(int(rows.units[i])).scaleb(-6) if units_state == VALUE else None
+        candidates.append(Row(i + 2, floor, TYPES[rows.kind[i]], rows.emails[rows.email_code[i]], amount, units,
+                              rows.notes[int(rows.note_code[i])].as_py()))
+    return recorded_rows(session, pool, candidates)
 
 
 # --- reading ---------------------------------------------------------------------------
@@ -202,24 +222,26 @@ def _canonical(values: list, codes: np.ndarray) -> np.ndarray:
 
 def _repeats(rows: _Rows) -> tuple[int, list[tuple[int, int]]]:
     """importer.repeated_rows on columns: rows equal in every field, as read, to an earlier row.
-    The fields of a row are hashed to one number; rows that share it are compared field by field."""
+    The fields of a row are hashed to one number; rows that share one are compared field by field."""
     if rows.n < 2:
         return 0, []
-    fields = [_canonical([d.toordinal() for d in rows.dates], rows.date_code), rows.kind.astype(np.int64),
-              _canonical(rows.emails, rows.email_code), rows.amount, rows.amount_state.astype(np.int64),
-              rows.units, rows.units_state.astype(np.int64), _canonical(rows.notes.to_pylist(), rows.note_code)]
-    digest = np.zeros(rows.n, dtype=np.uint64)
-    for column in fields:
-        digest = (digest * np.uint64(0x100000001B3)) ^ column.astype(np.uint64)
-    order = np.argsort(digest, kind="stable")  # equal digests in file order
-    ordered = digest[order]
-    same = np.flatnonzero(ordered[1:] == ordered[:-1])
-    if not same.size:
+    # Day, type and the states of amount and units in one number; then investor, amount, units, note.
+    head = (_canonical([d.toordinal() for d in rows.dates], rows.date_code) << 8) | (
+        rows.kind.astype(np.int64) << 4 | rows.amount_state.astype(np.int64) << 2 | rows.units_state)
+    fields = [head, _canonical(rows.emails, rows.email_code), rows.amount, rows.units,
+              _canonical(rows.notes.to_pylist(), rows.note_code)]
+    digest = fields[0].astype(np.uint64)
+    for column in fields[1:]:
+        digest *= np.uint64(0x100000001B3)
+        digest ^= column.view(np.uint64)
+    ordered = np.sort(digest)
+    shared = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])  # digests of two rows or more
+    if not shared.size:
         return 0, []
-    candidates = np.unique(np.concatenate([order[same], order[same + 1]]))  # rows in groups of two or more
+    found = shared[np.minimum(np.searchsorted(shared, digest), len(shared) - 1)] == digest
     first: dict[tuple, int] = {}
     count, named = 0, []
-    for i in candidates.tolist():  # in file order
+    for i in np.flatnonzero(found).tolist():  # those rows, in file order
         key = tuple(int(column[i]) for column in fields)
         earlier = first.setdefault(key, i)
         if earlier != i:

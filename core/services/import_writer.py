@@ -42,9 +42,9 @@ FIRST_BATCH_ROWS = 8192  # the first goes sooner, so that the server starts whil
 BULK_MIN_ROWS = 100_000  # a first load this large is written without foreign keys and indexes, then checked
 BULK_LOCK_TIMEOUT = "3s"
 ID_BLOCK = 65536  # ids a bulk load takes at a time when it needs more than it expected
-# How long a posting to any other pool waits behind a bulk load, per million rows of the file, measured
-# (docs/import.md): the locks are held from the start of the load until the import commits.
-BULK_WAIT_S_PER_MILLION = 10
+# How long a posting to any other pool waited behind a bulk load of a million rows (bench.importer --probe,
+# docs/import.md): the locks are held from the start of the load until the import commits.
+BULK_WAIT_S_PER_MILLION = 14
 # What a bulk load takes off and puts back, each with the statement that recreates it exactly:
 # - the foreign keys of transactions, those that refer to it (payments, payouts), and those of
 #   positions (one row per investor, each check a query of its own);
@@ -86,8 +86,8 @@ _NULL_CELL = pa.scalar(b"\xff\xff\xff\xff", pa.binary())
 def bulk_notice(rows: int) -> str:
     wait = max(1, round(rows / 1_000_000 * BULK_WAIT_S_PER_MILLION))
     return (f"Loading {rows:,} rows in bulk: until this import commits, postings, pages and sign-ins of every "
-            f"pool wait for it (about {wait} s at {BULK_WAIT_S_PER_MILLION} s per million rows on this kind of "
-            "machine).")
+            f"pool wait for it, about {wait} s (measured: {BULK_WAIT_S_PER_MILLION} s for a million rows on a busy "
+            "2-core machine).")
 
 
 def day_number(day: date) -> int:

@@ -132,24 +132,26 @@ class Errors:
 
 
 class Fingerprint:
-    """sha256 of a file's text, fed a piece at a time. Line endings (\\r\\n, \\r, \\n), a leading
-    byte-order mark and line ends at the very end do not count: the same rows saved on another
-    system are the same file. The order of the rows does count (see docs/import.md)."""
+    """sha256 of a file's text, fed a piece of its UTF-8 bytes at a time. Line endings (CR LF, CR,
+    LF), a leading byte-order mark and line ends at the very end do not count: the same rows saved
+    on another system are the same file. The order of the rows does count (see docs/import.md).
+    CR and LF never occur inside a multi-byte UTF-8 character, so the bytes can be normalised as they are."""
 
     def __init__(self):
         self._sha = hashlib.sha256()
-        self._held = ""  # line ends at the end of what was fed so far
+        self._held = b""  # line ends at the end of what was fed so far
         self._started = False
 
-    def update(self, text: str) -> None:
-        if not self._started and text:
+    def update(self, data: bytes) -> None:
+        if not self._started and data:
             self._started = True
-            text = text.removeprefix("\ufeff")
-        text = self._held + text if self._held else text
-        body = text.rstrip("\r\n")
-        self._held = text[len(body):]
-        if body:
-            self._sha.update(body.replace("\r\n", "\n").replace("\r", "\n").encode("utf-8", "surrogatepass"))
+            data = data.removeprefix(b"\xef\xbb\xbf")
+        data = self._held + data if self._held else data
+        body = data.rstrip(b"\r\n")
+        self._held = data[len(body):]
+        if b"\r" in body:
+            body = body.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        self._sha.update(body)
 
     def hexdigest(self) -> str:
         return self._sha.hexdigest()
@@ -243,6 +245,50 @@ def repeated_rows_text(count: int, named: list[tuple[int, int]]) -> str:
     more = f" and {count - SHOWN_REPEATS:,} more" if count > SHOWN_REPEATS else ""
     return (f"{count:,} row(s) repeat an earlier row of the file in every field: {listed}{more}. "
             "They were imported as written; if the file holds a row twice by mistake, reverse the copies.")
+
+
+def recorded_rows(session: Session, pool: Pool, candidates: Iterable[Row]) -> tuple[int, list[int]]:
+    """Contributions and withdrawals of the file equal in every field (date, investor, amount or units,
+    note) to a transaction the pool already holds: how many, and the first SHOWN_ERRORS row numbers.
+    Only the last date of the recorded history can hold both (nothing may be dated before it, and
+    nothing recorded is dated after it), so the caller passes the rows of that date, and only those
+    recorded on it are read."""
+    candidates = [r for r in candidates if r.type in ("contribution", "withdrawal")]
+    if not candidates or pool.last_flow_date is None or pool.last_flow_date != _history_floor(pool):
+        return 0, []
+    from core.db.models import Transaction
+
+    recorded = set()
+    for kind, email, amount, units, mode, note in session.execute(
+            select(Transaction.kind, User.email, Transaction.amount, Transaction.units, Transaction.withdrawal_mode,
+                   Transaction.note).join(User, User.id == Transaction.investor_id)
+            .where(Transaction.pool_id == pool.id, Transaction.effective_date == pool.last_flow_date,
+                   Transaction.kind.in_(("contribution", "withdrawal")))):
+        if kind == "contribution" or mode == "amount":
+            recorded.add((kind, email, amount, None, note))
+        else:
+            recorded.add((kind, email, None, "all" if mode == "all" else units, note))
+    named = []
+    count = 0
+    for row in candidates:
+        if (row.type, row.email, row.amount, row.units, row.note) in recorded:
+            count += 1
+            if len(named) < SHOWN_ERRORS:
+                named.append(row.number)
+    return count, named
+
+
+def recorded_rows_text(count: int, named: list[int], day: date) -> str:
+    listed = ", ".join(f"row {row}" for row in named[:SHOWN_REPEATS])
+    more = f" and {count - SHOWN_REPEATS:,} more" if count > SHOWN_REPEATS else ""
+    return (f"{count:,} row(s) equal in every field a transaction the pool already has on {day}: {listed}{more}. "
+            "They were imported as written; if this history was imported before, reverse them.")
+
+
+def refuse_recorded_rows(errors: Errors, count: int, named: list[int], day: date) -> None:
+    for row in named:
+        errors.append(f"Row {row}: equals a transaction the pool already has on {day} (identical rows are refused).")
+    errors.count += count - len(named)
 
 
 def refuse_repeated_rows(errors: Errors, count: int, named: list[tuple[int, int]]) -> None:
@@ -534,13 +580,20 @@ def import_csv(db: Database, *, actor: Actor, pool_code: str, source: TextIO | I
             rows = read_rows(_lines(data), pool.currency, errors, nul)
             del data
             count, named = repeated_rows(rows)
-            if count and refuse_identical_rows:
-                refuse_repeated_rows(errors, count, named)
+            floor = _history_floor(pool)
+            on_record, rows_on_record = recorded_rows(session, pool, (r for r in rows if r.day == floor))
+            if refuse_identical_rows:
+                if count:
+                    refuse_repeated_rows(errors, count, named)
+                if on_record:
+                    refuse_recorded_rows(errors, on_record, rows_on_record, floor)
             result = _apply(session, actor, pool, rows, errors, options)
             if errors:
                 raise errors.rejected()
             if count:
                 result.warnings.append(repeated_rows_text(count, named))
+            if on_record:
+                result.warnings.append(recorded_rows_text(on_record, rows_on_record, floor))
         audit.record(session, actor, "import.apply", "pool", pool.id, None, {
             "rows": result.rows, "sha256": digest, "contributions": result.contributions,
             "withdrawals": result.withdrawals, "distributions": result.distributions,
@@ -562,16 +615,15 @@ def read_source(source: TextIO | Iterable[str] | str) -> tuple[bytes, str]:
     held twice over (as text and as bytes)."""
     fingerprint = Fingerprint()
     if isinstance(source, str):
-        fingerprint.update(source)
-        return source.encode("utf-8", "surrogatepass"), fingerprint.hexdigest()
-    if hasattr(source, "read"):
-        pieces = iter(lambda: source.read(READ_CHARS), "")
-    else:
-        pieces = iter(source)
+        data = source.encode("utf-8", "surrogatepass")
+        fingerprint.update(data)
+        return data, fingerprint.hexdigest()
+    pieces = iter(lambda: source.read(READ_CHARS), "") if hasattr(source, "read") else iter(source)
     parts = []
     for piece in pieces:
-        fingerprint.update(piece)
-        parts.append(piece.encode("utf-8", "surrogatepass"))
+        part = piece.encode("utf-8", "surrogatepass")
+        fingerprint.update(part)
+        parts.append(part)
     data = b"".join(parts)
     parts.clear()
     return data, fingerprint.hexdigest()

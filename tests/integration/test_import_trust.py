@@ -218,3 +218,28 @@ def test_the_command_refuses_a_second_import_and_allows_it_on_request(club, tmp_
     forced = runner.invoke(cli, ["import", "--pool", "CLUB", str(path), "--allow-duplicate-file"])
     assert forced.exit_code == 0, forced.output
     assert transactions(db, pool.id) == 4
+
+
+@pytest.mark.parametrize("pricing", ["latest", "forward"])
+def test_rows_already_recorded_on_the_last_date_are_named(db, pricing):
+    """The same opening balances in another order are another file, but the rows are on record."""
+    manager = make_user(db, "manager")
+    make_user(db, "investor", email="a@example.com")
+    make_user(db, "investor", email="b@example.com")
+    pool = make_pool(db, manager, code="AGAIN", initial_unit_price="10.00", pricing_policy=pricing)
+    import_csv(db, actor=manager, pool_code="AGAIN", source=OPENING)
+    reordered = HEADER + (
+        "2024-01-02,contribution,b@example.com,500.00,,opening balance\n"
+        "2024-01-02,contribution,a@example.com,1000,,opening balance\n"
+        "2024-01-02,contribution,a@example.com,1000.00,,a second saving\n"
+    )
+    with pytest.raises(ImportRejected) as caught:
+        import_csv(db, actor=manager, pool_code="AGAIN", source=reordered, refuse_identical_rows=True)
+    assert caught.value.errors == [
+        "Row 2: equals a transaction the pool already has on 2024-01-02 (identical rows are refused).",
+        "Row 3: equals a transaction the pool already has on 2024-01-02 (identical rows are refused)."]
+    result = import_csv(db, actor=manager, pool_code="AGAIN", source=reordered)
+    assert result.warnings == [
+        "2 row(s) equal in every field a transaction the pool already has on 2024-01-02: row 2, row 3. "
+        "They were imported as written; if this history was imported before, reverse them."]
+    assert transactions(db, pool.id) == 5
