@@ -46,7 +46,7 @@ from core.domain.money import minor_units, parse_amount, parse_units
 from core.services import import_writer as iw
 from core.services.context import Actor
 from core.services.importer import (
-    FIELD_LIMIT, HEADER, SHOWN_ERRORS, TYPES, ImportOptions, ImportResult, Row, _book, _create_investors, _Holding,
+    FIELD_LIMIT, HEADER, SHOWN_ERRORS, TYPES, ImportOptions, ImportResult, Row, Source, _book, _create_investors, _Holding,
     _investors, _position_rows, _Replay, _update_pool, _history_floor, recorded_rows, recorded_rows_text,
     repeated_rows_text,
 )
@@ -66,14 +66,13 @@ class _Decline(Exception):
     """The fast path does not take this file; the reference replay will."""
 
 
-def import_columns(session: Session, actor: Actor, pool: Pool, data: bytes,
+def import_columns(session: Session, actor: Actor, pool: Pool, source: Source,
                    options: ImportOptions) -> ImportResult | None:
-    """Import the file (its UTF-8 bytes) if the fast path takes it, else return None having written nothing."""
+    """Import the file if the fast path takes it, else return None having written nothing."""
     if pool.pricing_policy != "latest":
         return None
     try:
-        columns = _read(data)
-        del data
+        columns = _read(source)
         rows = _check(columns, pool.currency)
         del columns
         count, named = _repeats(rows)
@@ -108,26 +107,29 @@ def _on_record(session: Session, pool: Pool, rows: _Rows) -> tuple[int, list[int
 
 # --- reading ---------------------------------------------------------------------------
 
-def _read(data: bytes) -> pa.Table:
-    """The data rows as six string columns, when row i of the table is row i + 2 of the file."""
-    if b'"' in data or b"\x00" in data:
+NAMES = ["date", "type", "investor", "amount", "units", "note"]
+
+
+def _read(source: Source) -> pa.Table:
+    """The data rows as six dictionary-encoded string columns (a file repeats its dates, types,
+    investors, amounts and notes: the table holds each text once and a number a row), when row i of
+    the table is row i + 2 of the file."""
+    if source.quote or source.nul:
         raise _Decline()  # quoting: records may span lines; leave csv semantics to the csv module
-    if b"\r" in data and data.count(b"\r") != data.count(b"\r\n"):
+    if source.lone_cr:
         raise _Decline()
-    if data.startswith((b"\n", b"\r\n")) or b"\n\n" in data or b"\n\r\n" in data:
+    if source.blank_lines:
         raise _Decline()  # blank lines are skipped but still numbered
-    end = data.find(b"\n")
-    first = (data if end < 0 else data[:end]).rstrip(b"\r").decode("utf-8", "replace")
-    if [h.strip().lower() for h in first.split(",")] != HEADER:
+    if [h.strip().lower() for h in source.header.split(",")] != HEADER:
         raise _Decline()
-    names = ["date", "type", "investor", "amount", "units", "note"]
+    text = pa.dictionary(pa.int32(), pa.string())
     try:
         table = pacsv.read_csv(
-            pa.py_buffer(data),
-            read_options=pacsv.ReadOptions(skip_rows=1, column_names=names, block_size=1 << 24),
+            source.open(),
+            read_options=pacsv.ReadOptions(skip_rows=1, column_names=NAMES, block_size=1 << 24),
             parse_options=pacsv.ParseOptions(quote_char=False, double_quote=False, escape_char=False,
                                               newlines_in_values=False, ignore_empty_lines=False),
-            convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
+            convert_options=pacsv.ConvertOptions(column_types={n: text for n in NAMES},
                                                  strings_can_be_null=False, check_utf8=False))
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         raise _Decline() from None
@@ -137,8 +139,12 @@ def _read(data: bytes) -> pa.Table:
 
 
 def _encode(column: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
-    encoded = column.combine_chunks().dictionary_encode()
-    return encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64), encoded.dictionary.to_pylist()
+    """A dictionary column as one code a row into one list of distinct texts."""
+    column = column.unify_dictionaries()
+    if column.num_chunks == 0:
+        return np.empty(0, dtype=np.int64), []
+    codes = np.concatenate([chunk.indices.to_numpy(zero_copy_only=False) for chunk in column.chunks])
+    return codes.astype(np.int64), column.chunk(0).dictionary.to_pylist()
 
 
 class _Rows:
@@ -173,7 +179,8 @@ def _check(table: pa.Table, currency: str) -> _Rows:
     email_ok = np.array([bool(e) and bool(EMAIL_RE.match(e)) for e in rows.emails], dtype=bool)[email_codes]
     rows.email_code = email_codes
     # Amounts and units.
-    amount_codes, amount_state, amount_values = _amounts(table.column("amount"), currency)
+    amount_codes, amount_state, amount_values, rows.amount_texts = _amounts(table.column("amount"), currency)
+    rows.amount_code = amount_codes
     rows.amount = amount_values[amount_codes]
     a_state = amount_state[amount_codes]
     units_codes, raw_units = _encode(table.column("units"))
@@ -186,7 +193,6 @@ def _check(table: pa.Table, currency: str) -> _Rows:
         raise _Decline()  # the reference reader refuses a field this long
     rows.note_code = note_codes
     rows.notes = pa.array([raw.strip() for raw in raw_notes], pa.string())
-    rows.raw_amount = table.column("amount")
 
     event = (kind == VALUATION) | (kind == DISTRIBUTION)
     flow = ~event
@@ -251,12 +257,11 @@ def _repeats(rows: _Rows) -> tuple[int, list[tuple[int, int]]]:
     return count, named
 
 
-def _amounts(column: pa.ChunkedArray, currency: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _amounts(column: pa.ChunkedArray, currency: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """Per distinct text: state (EMPTY / VALUE / BAD) and the amount scaled by 10**4, as parse_amount reads it
     (zero allowed here; the row checks refuse it where the reference does)."""
-    encoded = column.combine_chunks().dictionary_encode()
-    codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    distinct = encoded.dictionary
+    codes, texts = _encode(column)
+    distinct = pa.array(texts, pa.string())
     places = minor_units(currency)
     state = np.full(len(distinct), BAD, dtype=np.int8)
     values = np.zeros(len(distinct), dtype=np.int64)
@@ -284,7 +289,7 @@ def _amounts(column: pa.ChunkedArray, currency: str) -> tuple[np.ndarray, np.nda
             state[i] = VALUE
         except PooldeskError:
             state[i] = BAD
-    return codes, state, values
+    return codes, state, values, texts
 
 
 def _units(raw_units: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -427,10 +432,10 @@ class _SegmentReplay(_Replay):
         self.units_outstanding = Decimal(self.uo).scaleb(-6)
         self.total_assets = Decimal(self.ta).scaleb(-4)
         if kind == VALUATION:
-            amount = parse_amount(rows.raw_amount[source].as_py().strip(), self.currency, allow_zero=True)
+            amount = parse_amount(rows.amount_texts[rows.amount_code[source]].strip(), self.currency, allow_zero=True)
             self.valuation(Row(int(rows.number[source]), day, "valuation", "", amount, None, note))
         elif kind == DISTRIBUTION:
-            amount = parse_amount(rows.raw_amount[source].as_py().strip(), self.currency)
+            amount = parse_amount(rows.amount_texts[rows.amount_code[source]].strip(), self.currency)
             held = np.flatnonzero(self.seq > 0)
             self._materialise(held)
             self.distribution(Row(int(rows.number[source]), day, "distribution", "", amount, None, note))

@@ -17,6 +17,7 @@ their postings to ``import_writer``.
 """
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import heapq
@@ -24,7 +25,7 @@ import io
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from decimal import Decimal
-from typing import Callable, Iterable, TextIO
+from typing import BinaryIO, Callable, Iterable, TextIO
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -46,7 +47,8 @@ MAX_ERRORS = 1000  # replay errors: after this many the replay stops (what it wo
 SHOWN_ERRORS = 50  # errors kept and shown, the first by row; the rest are counted
 SHOWN_REPEATS = 5  # identical rows named in the warning
 FIELD_LIMIT = csv.field_size_limit()  # characters in one field (131,072)
-READ_CHARS = 1 << 22  # a file is read this many characters at a time
+READ_CHARS = 1 << 22  # text given as a stream is read this many characters at a time
+READ_BYTES = 1 << 22  # a file is read this many bytes at a time
 CHECKED_KEPT = 1 << 17  # combinations of fields read_rows keeps, once checked
 
 
@@ -225,19 +227,31 @@ def read_rows(lines: Iterable[str], currency: str, errors: Errors, nul: bool = T
     return rows
 
 
-def repeated_rows(rows: Iterable[Row]) -> tuple[int, list[tuple[int, int]]]:
+def repeated_rows(rows: list[Row]) -> tuple[int, list[tuple[int, int]]]:
     """Rows equal in every field to an earlier row of the file: how many, and the first SHOWN_ERRORS as
-    (row, the earlier row). Fields are compared as read: 100 and 100.00 are the same amount."""
+    (row, the earlier row). Fields are compared as read: 100 and 100.00 are the same amount.
+    ``rows`` are in replay order (replay_order): equal rows share their date, so one date is compared
+    at a time."""
     first: dict[tuple, int] = {}
-    count, named = 0, []
+    day = None
+    count, named = 0, []  # a max-heap by row of the first SHOWN_ERRORS
     for row in rows:
-        key = (row.day, row.type, row.email, row.amount, row.units, row.note)
-        earlier = first.setdefault(key, row.number)
+        if row.day != day:
+            first.clear()
+            day = row.day
+        earlier = first.setdefault((row.type, row.email, row.amount, row.units, row.note), row.number)
         if earlier != row.number:
             count += 1
             if len(named) < SHOWN_ERRORS:
-                named.append((row.number, earlier))
-    return count, named
+                heapq.heappush(named, (-row.number, -earlier))
+            elif -row.number > named[0][0]:
+                heapq.heapreplace(named, (-row.number, -earlier))
+    return count, sorted((-number, -earlier) for number, earlier in named)
+
+
+def replay_order(rows: list[Row]) -> None:
+    """By date, a date's valuations first, then file order (ACCOUNTING.md)."""
+    rows.sort(key=lambda r: (r.day, r.type != "valuation", r.number))
 
 
 def repeated_rows_text(count: int, named: list[tuple[int, int]]) -> str:
@@ -370,8 +384,8 @@ class _Replay:
         self.waiting: list[tuple[Row, int]] = []  # forward pricing
         self.result = ImportResult()
         # Output already packed into column batches (see pack): a few dozen bytes a row instead of objects.
-        self.tx_batches: list[import_writer.TxBatch] = []
-        self.journal_batches: list[import_writer.JournalBatch] = []
+        # Each batch of legs names only transactions of its own batch or of those before.
+        self.packed: list[tuple[import_writer.TxBatch | None, import_writer.JournalBatch | None]] = []
         self.last_flow: date | None = None
 
     def pack(self) -> None:
@@ -379,15 +393,18 @@ class _Replay:
         (forward pricing fills in a waiting row when it settles)."""
         if self.waiting:
             return
+        transactions = journal = None
         if self.transactions:
             last = max(t[7] for t in self.transactions)
             self.last_flow = last if self.last_flow is None else max(self.last_flow, last)
-            self.tx_batches.append(import_writer.tx_batch_from_rows(self.transactions))
+            transactions = import_writer.tx_batch_from_rows(self.transactions)
             self.tx_base += len(self.transactions)
             self.transactions = []
         if self.journal:
-            self.journal_batches.append(import_writer.journal_batch_from_rows(self.journal))
+            journal = import_writer.journal_batch_from_rows(self.journal)
             self.journal = []
+        if transactions or journal:
+            self.packed.append((transactions, journal))
 
     def current_price(self) -> Decimal:
         return self.price if self.units_outstanding > 0 else self.pool.initial_unit_price
@@ -570,15 +587,19 @@ def import_csv(db: Database, *, actor: Actor, pool_code: str, source: TextIO | I
             raise ValidationError(f"No pool with the code {pool_code!r}.", field="pool")
         pool = lock_pool(session, pool.id)
         require_pool_manager(session, actor, pool.id, "import into this pool")
-        data, digest = read_source(source)
+        text = Source(source)
+        digest = text.digest
         _refuse_duplicate_file(session, pool, digest, allow_duplicate_file)
         options = ImportOptions(create_investors, refuse_identical_rows, notify)
-        result = import_columns.import_columns(session, actor, pool, data, options)
+        result = import_columns.import_columns(session, actor, pool, text, options)
         if result is None:
             errors = Errors()
-            nul = b"\x00" in data
-            rows = read_rows(_lines(data), pool.currency, errors, nul)
-            del data
+            lines = _lines(text.open())
+            try:
+                rows = read_rows(lines, pool.currency, errors, text.nul)
+            finally:
+                lines.detach()  # the caller's file stays open
+            replay_order(rows)
             count, named = repeated_rows(rows)
             floor = _history_floor(pool)
             on_record, rows_on_record = recorded_rows(session, pool, (r for r in rows if r.day == floor))
@@ -610,28 +631,82 @@ class ImportOptions:
     notify: Callable[[str], None] | None = None
 
 
-def read_source(source: TextIO | Iterable[str] | str) -> tuple[bytes, str]:
-    """The file's text as UTF-8 bytes, and its fingerprint, read a piece at a time: the text is never
-    held twice over (as text and as bytes)."""
-    fingerprint = Fingerprint()
-    if isinstance(source, str):
-        data = source.encode("utf-8", "surrogatepass")
-        fingerprint.update(data)
-        return data, fingerprint.hexdigest()
-    pieces = iter(lambda: source.read(READ_CHARS), "") if hasattr(source, "read") else iter(source)
-    parts = []
-    for piece in pieces:
-        part = piece.encode("utf-8", "surrogatepass")
-        fingerprint.update(part)
-        parts.append(part)
-    data = b"".join(parts)
-    parts.clear()
-    return data, fingerprint.hexdigest()
+class Source:
+    """The file's UTF-8 bytes, read from the start as often as the import needs, and what one pass
+    over them found: the fingerprint and what decides whether the columnar path may take the file.
+
+    A file opened from disk is read from disk each time, a piece at a time, and never held in
+    memory; text given as a string or as lines is held once, as bytes."""
+
+    def __init__(self, source: TextIO | Iterable[str] | str):
+        self._file: BinaryIO | None = None
+        self._data: bytes | None = None
+        raw = _utf8_file(source)
+        if raw is not None:
+            self._file, self._start = raw
+        elif isinstance(source, str):
+            self._data = source.encode("utf-8", "surrogatepass")
+        else:
+            pieces = iter(lambda: source.read(READ_CHARS), "") if hasattr(source, "read") else iter(source)
+            self._data = b"".join(piece.encode("utf-8", "surrogatepass") for piece in pieces)
+        self._scan()
+
+    def open(self) -> BinaryIO:
+        """The bytes from the start (the same handle each time for a file: read one at a time)."""
+        if self._file is None:
+            return io.BytesIO(self._data)
+        self._file.seek(self._start)
+        return self._file
+
+    def _scan(self) -> None:
+        fingerprint = Fingerprint()
+        decoder = codecs.getincrementaldecoder("utf-8")() if self._file is not None else None
+        stream = self.open()
+        self.quote = self.nul = self.blank_lines = False
+        carriage_returns = crlf = 0
+        first = b""
+        tail = b"\n"  # as if a line ended just before the file: a blank first line counts
+        while piece := stream.read(READ_BYTES):
+            if decoder is not None:
+                decoder.decode(piece)  # UnicodeDecodeError for a file that is not UTF-8
+            fingerprint.update(piece)
+            self.quote = self.quote or b'"' in piece
+            self.nul = self.nul or b"\x00" in piece
+            carriage_returns += piece.count(b"\r")
+            joined = tail + piece
+            crlf += (tail[-1:] + piece).count(b"\r\n")
+            self.blank_lines = self.blank_lines or b"\n\n" in joined or b"\n\r\n" in joined
+            if len(first) < 4096 and b"\n" not in first:
+                first += piece[:4096]
+            tail = joined[-2:]
+        if decoder is not None:
+            decoder.decode(b"", final=True)
+        self.lone_cr = carriage_returns != crlf
+        self.header = first.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", "replace")
+        self.digest = fingerprint.hexdigest()
+        self.empty = not first
 
 
-def _lines(data: bytes) -> Iterable[str]:
-    """The text as the lines a csv reader is meant to be given (newline=''), decoded as they are read."""
-    return io.TextIOWrapper(io.BytesIO(data), encoding="utf-8", errors="surrogatepass", newline="")
+def _utf8_file(source) -> tuple[BinaryIO, int] | None:
+    """A text file opened as UTF-8 and not yet read: its binary file, and where its text starts
+    (after a byte-order mark)."""
+    raw = getattr(source, "buffer", None)
+    encoding = (getattr(source, "encoding", None) or "").lower().replace("_", "-")
+    if raw is None or encoding not in ("utf-8", "utf-8-sig", "utf8") or not getattr(raw, "seekable", lambda: False)():
+        return None
+    try:
+        if source.tell() != 0:
+            return None
+        start = raw.tell()
+        bom = raw.read(3) == codecs.BOM_UTF8
+        return raw, start + 3 if bom else start
+    except (OSError, ValueError):
+        return None
+
+
+def _lines(stream: BinaryIO) -> TextIO:
+    """The bytes as the lines a csv reader is meant to be given (newline=''), decoded as they are read."""
+    return io.TextIOWrapper(stream, encoding="utf-8", errors="surrogatepass", newline="")
 
 
 def _refuse_duplicate_file(session: Session, pool: Pool, digest: str, allowed: bool) -> None:
@@ -722,8 +797,10 @@ def _apply(session: Session, actor: Actor, pool: Pool, rows: list[Row], errors: 
     created = _create_investors(session, actor, pool, missing, known) if options.create_investors else 0
     holdings, valuation_dates = _book(session, pool)
     replay = _Replay(pool, holdings, valuation_dates, datetime.now(timezone.utc))
-    rows.sort(key=lambda r: (r.day, r.type != "valuation", r.number))
-    for row in rows:
+    replay_order(rows)  # a no-op when import_csv has put them in order
+    count = len(rows)
+    for index in range(count):
+        row, rows[index] = rows[index], None  # a row replayed is let go (its output is packed)
         if len(replay.transactions) >= import_writer.BATCH_ROWS:
             replay.pack()
         try:
@@ -740,11 +817,11 @@ def _apply(session: Session, actor: Actor, pool: Pool, rows: list[Row], errors: 
             if len(errors) >= MAX_ERRORS:
                 break
     if errors:
-        return ImportResult(rows=len(rows))
+        return ImportResult(rows=count)
     bulk = _write(session, actor, pool, replay, options.notify)
     result = replay.result
     result.bulk = bulk
-    result.rows = len(rows)
+    result.rows = count
     result.investors_created = created
     return result
 
@@ -757,13 +834,17 @@ def _write(session: Session, actor: Actor, pool: Pool, replay: _Replay,
     writer = import_writer.PostingWriter(session, pool_id=pool.id, actor_id=actor.id, now=replay.now,
                                          valuations=len(replay.valuations), distributions=len(replay.distributions),
                                          rows=replay.tx_base, notify=notify)
-    # Legs go after the transactions they name; each batch of legs names only transactions packed with or before it.
-    for tx_batch in replay.tx_batches:
-        writer.add_transactions(tx_batch)
-    replay.tx_batches = []
-    for journal_batch in replay.journal_batches:
-        writer.add_journal(journal_batch)
-    replay.journal_batches = []
+    # A bulk load streams each batch of legs right behind its transactions (otherwise the writer keeps
+    # the legs for the end); a batch is let go once handed over.
+    packed, replay.packed = replay.packed, []
+    packed.reverse()
+    while packed:
+        transactions, journal = packed.pop()
+        if transactions is not None:
+            writer.add_transactions(transactions)
+        if journal is not None:
+            writer.add_journal(journal)
+        del transactions, journal
     writer.finish(replay.valuations, replay.fees, replay.distributions, _position_rows(replay.holdings.values()))
     _update_pool(session, pool.id, replay, replay.last_flow)
     return writer.bulk

@@ -243,3 +243,38 @@ def test_rows_already_recorded_on_the_last_date_are_named(db, pricing):
         "2 row(s) equal in every field a transaction the pool already has on 2024-01-02: row 2, row 3. "
         "They were imported as written; if this history was imported before, reverse them."]
     assert transactions(db, pool.id) == 5
+
+
+# --- files read from disk ----------------------------------------------------------------
+
+def test_the_command_takes_a_file_saved_on_windows_as_the_same_file(club, tmp_path):
+    db, manager, pool = club
+    unix, windows = tmp_path / "unix.csv", tmp_path / "windows.csv"
+    unix.write_bytes(OPENING.encode())
+    windows.write_bytes(b"\xef\xbb\xbf" + OPENING.replace("\n", "\r\n").encode())
+    runner = CliRunner()
+    assert runner.invoke(cli, ["import", "--pool", "CLUB", str(windows)]).exit_code == 0
+    again = runner.invoke(cli, ["import", "--pool", "CLUB", str(unix)])
+    assert again.exit_code == 1 and "This file was already imported into CLUB" in again.output
+    assert units_held(db, pool.id) == {"a@example.com": Decimal("100.000000"), "b@example.com": Decimal("50.000000")}
+
+
+def test_the_command_refuses_a_file_that_is_not_utf8_in_one_line(club, tmp_path):
+    db, manager, pool = club
+    path = tmp_path / "latin1.csv"
+    path.write_bytes(OPENING.encode() + "2024-01-02,contribution,a@example.com,5.00,,caf\u00e9\n".encode("latin-1"))
+    result = CliRunner().invoke(cli, ["import", "--pool", "CLUB", str(path)])
+    assert result.exit_code == 1
+    assert result.output == "Error: The file is not UTF-8 text.\n"
+    assert transactions(db, pool.id) == 0
+
+
+def test_an_open_file_is_read_from_disk_and_left_open(club, tmp_path):
+    db, manager, pool = club
+    path = tmp_path / "opening.csv"
+    path.write_text(OPENING + "2024-01-02,contribution,a@example.com,1000.00,,opening balance\n")
+    with open(path, newline="", encoding="utf-8") as handle:
+        result = import_csv(db, actor=manager, pool_code="CLUB", source=handle)
+        assert not handle.closed
+    assert result.contributions == 3
+    assert result.warnings[0].startswith("1 row(s) repeat an earlier row of the file in every field: row 4 (as row 2)")
