@@ -208,7 +208,8 @@ def main() -> None:
           "server_cpu_s": None if server_before is None or server_after is None
           else round(server_after - server_before, 2),
           "reference_s": None if reference is None else round(reference, 3), "target_rows_per_s": 100_000,
-          "path": "reference" if args.reference else "columnar", "bulk": getattr(result, "bulk", None), "rss_before_mb": round(rss_before),
+          "path": "reference" if args.reference else "columnar", "bulk": getattr(result, "bulk", None),
+          "rss_before_mb": round(rss_before),
           "peak_rss_mb": round(peak_rss), "import_bytes_per_row": round((peak_rss - rss_before) * 2**20 / rows),
           "other_pool_max_wait_s": round(max(probe.waits), 2) if probe and probe.waits else None,
           "other_pool_postings": len(probe.waits) if probe else None})

@@ -46,8 +46,8 @@ from core.domain.money import minor_units, parse_amount, parse_units
 from core.services import import_writer as iw
 from core.services.context import Actor
 from core.services.importer import (
-    FIELD_LIMIT, HEADER, SHOWN_ERRORS, TYPES, ImportOptions, ImportResult, Row, Source, _book, _create_investors, _Holding,
-    _investors, _position_rows, _Replay, _update_pool, _history_floor, recorded_rows, recorded_rows_text,
+    FIELD_LIMIT, HEADER, SHOWN_ERRORS, TYPES, ImportOptions, ImportResult, Row, Source, _book, _create_investors,
+    _Holding, _investors, _position_rows, _Replay, _update_pool, _history_floor, recorded_rows, recorded_rows_text,
     repeated_rows_text,
 )
 from core.services.users import EMAIL_RE
@@ -99,7 +99,8 @@ def _on_record(session: Session, pool: Pool, rows: _Rows) -> tuple[int, list[int
     for i in np.flatnonzero(np.isin(rows.date_code, codes) & (rows.kind <= WITHDRAWAL)).tolist():
         amount = Decimal(int(rows.amount[i])).scaleb(-4) if rows.amount_state[i] == VALUE else None
         units_state = rows.units_state[i]
-        units = "all" if units_state == ALL else Decimal(int(rows.units[i])).scaleb(-6) if units_state == VALUE else None
+        units = ("all" if units_state == ALL else
+                 Decimal(int(rows.units[i])).scaleb(-6) if units_state == VALUE else None)
         candidates.append(Row(i + 2, floor, TYPES[rows.kind[i]], rows.emails[rows.email_code[i]], amount, units,
                               rows.notes[int(rows.note_code[i])].as_py()))
     return recorded_rows(session, pool, candidates)

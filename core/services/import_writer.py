@@ -43,8 +43,9 @@ BULK_MIN_ROWS = 100_000  # a first load this large is written without foreign ke
 BULK_LOCK_TIMEOUT = "3s"
 ID_BLOCK = 65536  # ids a bulk load takes at a time when it needs more than it expected
 # How long a posting to any other pool waited behind a bulk load of a million rows (bench.importer --probe,
-# docs/import.md): the locks are held from the start of the load until the import commits.
-BULK_WAIT_S_PER_MILLION = 14
+# docs/import.md), on a quiet and on a busy 2-core machine: the locks are held from the start of the load
+# until the import commits.
+BULK_WAIT_S_PER_MILLION = (5.4, 14.2)
 # What a bulk load takes off and puts back, each with the statement that recreates it exactly:
 # - the foreign keys of transactions, those that refer to it (payments, payouts), and those of
 #   positions (one row per investor, each check a query of its own);
@@ -84,10 +85,10 @@ _NULL_CELL = pa.scalar(b"\xff\xff\xff\xff", pa.binary())
 
 
 def bulk_notice(rows: int) -> str:
-    wait = max(1, round(rows / 1_000_000 * BULK_WAIT_S_PER_MILLION))
+    low, high = (max(1, round(rows / 1_000_000 * s)) for s in BULK_WAIT_S_PER_MILLION)
     return (f"Loading {rows:,} rows in bulk: until this import commits, postings, pages and sign-ins of every "
-            f"pool wait for it, about {wait} s (measured: {BULK_WAIT_S_PER_MILLION} s for a million rows on a busy "
-            "2-core machine).")
+            f"pool wait for it, about {low} to {high} s (measured for a million rows: "
+            f"{BULK_WAIT_S_PER_MILLION[0]} s on a quiet 2-core machine, {BULK_WAIT_S_PER_MILLION[1]} s on a busy one).")
 
 
 def day_number(day: date) -> int:
