@@ -150,7 +150,7 @@ def import_(ctx, pool_code, create_investors, allow_duplicate_file, refuse_ident
     """Import history from a CSV file: the whole file or nothing.
 
     The same file is not imported twice into a pool. On PostgreSQL a first import of 100,000 rows or
-    more is loaded in bulk: postings to every pool wait until it commits (about 10 s per million rows)."""
+    more is loaded in bulk: postings to every pool wait until it commits (5 to 14 s per million rows)."""
     from core.services.importer import ImportRejected, import_csv
 
     def notify(message: str) -> None:
