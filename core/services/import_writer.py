@@ -45,7 +45,7 @@ ID_BLOCK = 65536  # ids a bulk load takes at a time when it needs more than it e
 # How long a posting to any other pool waited behind a bulk load of a million rows (bench.importer --probe,
 # docs/import.md), on a quiet and on a busy 2-core machine: the locks are held from the start of the load
 # until the import commits.
-BULK_WAIT_S_PER_MILLION = (5.4, 14.2)
+BULK_WAIT_DS_PER_MILLION = (54, 142)  # tenths of a second
 # What a bulk load takes off and puts back, each with the statement that recreates it exactly:
 # - the foreign keys of transactions, those that refer to it (payments, payouts), and those of
 #   positions (one row per investor, each check a query of its own);
@@ -85,10 +85,11 @@ _NULL_CELL = pa.scalar(b"\xff\xff\xff\xff", pa.binary())
 
 
 def bulk_notice(rows: int) -> str:
-    low, high = (max(1, round(rows / 1_000_000 * s)) for s in BULK_WAIT_S_PER_MILLION)
+    low, high = (max(1, (rows * tenths + 5_000_000) // 10_000_000) for tenths in BULK_WAIT_DS_PER_MILLION)
+    quiet, busy = (f"{tenths // 10}.{tenths % 10}" for tenths in BULK_WAIT_DS_PER_MILLION)
     return (f"Loading {rows:,} rows in bulk: until this import commits, postings, pages and sign-ins of every "
-            f"pool wait for it, about {low} to {high} s (measured for a million rows: "
-            f"{BULK_WAIT_S_PER_MILLION[0]} s on a quiet 2-core machine, {BULK_WAIT_S_PER_MILLION[1]} s on a busy one).")
+            f"pool wait for it, about {low if low == high else f'{low} to {high}'} s (measured for a million rows: "
+            f"{quiet} s on a quiet 2-core machine, {busy} s on a busy one).")
 
 
 def day_number(day: date) -> int:
