@@ -278,3 +278,20 @@ def test_an_open_file_is_read_from_disk_and_left_open(club, tmp_path):
         assert not handle.closed
     assert result.contributions == 3
     assert result.warnings[0].startswith("1 row(s) repeat an earlier row of the file in every field: row 4 (as row 2)")
+
+
+def test_a_bulk_load_is_announced_before_it_starts(pg_db, monkeypatch):
+    from core.services import import_writer
+
+    monkeypatch.setattr(import_writer, "BULK_MIN_ROWS", 1000)
+    manager = make_user(pg_db, "manager")
+    make_user(pg_db, "investor", email="a@example.com")
+    make_pool(pg_db, manager, code="BIG", initial_unit_price="10.00")
+    text = HEADER + "".join(f"2024-01-{2 + i % 20:02d},contribution,a@example.com,{10 + i}.00,,\n" for i in range(1500))
+    heard = []
+
+    result = import_csv(pg_db, actor=manager, pool_code="BIG", source=text, notify=heard.append)
+    assert result.bulk and result.contributions == 1500
+    assert heard == ["Loading 1,500 rows in bulk: until this import commits, postings, pages and sign-ins of every "
+                     "pool wait for it, about 1 s (measured for a million rows: 5.4 s on a quiet 2-core machine, "
+                     "14.2 s on a busy one)."]
