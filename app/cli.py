@@ -135,23 +135,36 @@ def pool_create(ctx, code, name, currency, unit_price, pricing, inception, mgmt_
 @cli.command("import")
 @click.option("--pool", "pool_code", required=True)
 @click.option("--create-investors", is_flag=True, help="Add unknown investor emails as investors.")
+@click.option("--allow-duplicate-file", is_flag=True,
+              help="Import a file even though the same file (by content) was imported into this pool before.")
+@click.option("--refuse-identical-rows", is_flag=True,
+              help="Refuse the file when a row repeats an earlier row in every field (default: import it and warn).")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.pass_context
-def import_(ctx, pool_code, create_investors, file):
-    """Import history from a CSV file: the whole file or nothing."""
+def import_(ctx, pool_code, create_investors, allow_duplicate_file, refuse_identical_rows, file):
+    """Import history from a CSV file: the whole file or nothing.
+
+    The same file is not imported twice into a pool. On PostgreSQL a first import of 100,000 rows or
+    more is loaded in bulk: postings to every pool wait until it commits (5 to 14 s per million rows)."""
     from core.services.importer import ImportRejected, import_csv
+
+    def notify(message: str) -> None:
+        click.echo(f"Note: {message}", err=True)
 
     try:
         with open(file, newline="", encoding="utf-8-sig") as handle:
             result = import_csv(_db(), actor=_actor(ctx.obj["as"]), pool_code=pool_code, source=handle,
-                                create_investors=create_investors)
+                                create_investors=create_investors, allow_duplicate_file=allow_duplicate_file,
+                                refuse_identical_rows=refuse_identical_rows, notify=notify)
     except ImportRejected as exc:
-        for line in exc.errors:
+        for line in exc.errors:  # the first errors by row, then how many more
             click.echo(line, err=True)
-        click.echo(f"Nothing was imported: {len(exc.errors)} error(s).", err=True)
+        click.echo(f"Nothing was imported: {exc.total:,} error(s).", err=True)
         ctx.exit(1)
-    except UnicodeDecodeError:
+    except UnicodeDecodeError as exc:
         raise click.ClickException("The file is not UTF-8 text.") from None
+    for warning in result.warnings:
+        click.echo(f"Warning: {warning}", err=True)
     click.echo(f"Imported {result.rows} rows into {pool_code.upper()}: {result.contributions} contributions, "
                f"{result.withdrawals} withdrawals, {result.distributions} distributions, {result.valuations} valuations"
                + (f", {result.pending} waiting for the next valuation" if result.pending else "")

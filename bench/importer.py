@@ -12,12 +12,24 @@ server-bound. The database is new, so the import is a first large load and goes 
 The same work costs this machine's CPUs up to half as much again from one hour to the
 next, so ``reference_s`` times a fixed piece of server work (a fixed query, best of
 three) just before the import: compare runs by it.
+
+Memory: ``rss_before_mb`` is this process's resident memory just before the import,
+``peak_rss_mb`` its peak (the CSV is written a line at a time, so the peak is the
+import's), ``import_bytes_per_row`` the difference per row.
+
+``--reference`` takes the row-by-row reference replay instead of the columnar path (as a file
+the columnar path does not take would: forward pricing, quoted fields).
+``--probe`` posts a contribution to another pool every 0.2 s while the import runs and
+prints the longest such posting took (``other_pool_max_wait_s``): how long a bulk load
+holds up everyone else.
 """
 from __future__ import annotations
 
 import os
 import random
+import resource
 import tempfile
+import threading
 import time
 from datetime import date, timedelta
 
@@ -99,14 +111,45 @@ def _reference_seconds(db) -> float:
     return best
 
 
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class _Probe(threading.Thread):
+    """Posts a contribution to another pool every 0.2 s and keeps how long each took."""
+
+    def __init__(self, db, actor, pool_id: int, investor_id: int, day: date):
+        super().__init__(daemon=True)
+        self.db, self.actor, self.pool_id, self.investor_id, self.day = db, actor, pool_id, investor_id, day
+        self.stop = threading.Event()
+        self.waits: list[float] = []
+
+    def run(self) -> None:
+        from core.services import ledger
+
+        while not self.stop.is_set():
+            started = time.perf_counter()
+            ledger.record_contribution(self.db, actor=self.actor, pool_id=self.pool_id, investor_id=self.investor_id,
+                                       amount="10.00", key=None, effective_date=self.day, payment="received")
+            self.waits.append(time.perf_counter() - started)
+            self.stop.wait(0.2)
+
+
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument("--investors", type=int, default=10_000)
+    p.add_argument("--reference", action="store_true", help="the row-by-row reference replay only")
+    p.add_argument("--probe", action="store_true", help="time postings to another pool during the import")
     args = p.parse_args()
     url = fresh_database(args.database_url)
 
-    from sqlalchemy import text
+    from sqlalchemy import select, text
 
     from core.db.models import User
     from core.db.session import Database
@@ -120,6 +163,10 @@ def main() -> None:
     start = date.today() - timedelta(days=5 * 365)
     pool = pools.create_pool(db, actor=actor, code="BENCH", settings=pools.PoolSettings(name="Import benchmark"),
                              inception_date=start)
+    if args.reference:
+        from core.services import import_columns
+
+        import_columns.import_columns = lambda *args, **kwargs: None  # the fast path steps aside
     emails = [f"investor{i}@bench.pooldesk.org" for i in range(args.investors)]
     with db.transaction() as session:
         session.add_all(User(email=e, name=f"Investor {i}", role="investor", status="active") for i, e in enumerate(emails))
@@ -130,14 +177,29 @@ def main() -> None:
         reference = _reference_seconds(db) if db.engine.dialect.name == "postgresql" else None
         with db.read() as session:
             session.execute(text("SELECT 1"))  # the import's pooled connection is open before we count
+        probe = None
+        if args.probe:
+            other = pools.create_pool(db, actor=actor, code="OTHER", settings=pools.PoolSettings(name="Another pool"),
+                                      inception_date=start)
+            with db.read() as session:
+                investor_id = session.scalar(select(User.id).where(User.email == emails[0]))
+            probe = _Probe(db, actor, other.id, investor_id, date.today())
+            probe.start()
+            time.sleep(1.0)  # a few unhindered postings first
         server_before = _server_cpu(url)
         client_before = time.process_time()
+        rss_before = _rss_mb()
         started = time.perf_counter()
         with open(path, newline="") as handle:
             result = import_csv(db, actor=actor, pool_code=pool.code, source=handle)
         seconds = time.perf_counter() - started
         client_cpu = time.process_time() - client_before
         server_after = _server_cpu(url)
+        peak_rss = _peak_rss_mb()
+        if probe is not None:
+            time.sleep(0.5)
+            probe.stop.set()
+            probe.join()
     problems = reconcile(db)
     emit({"benchmark": "importer", "database": db.engine.dialect.name, "rows": rows, "bytes": size,
           "seconds": round(seconds, 3), "rows_per_s": round(rows / seconds), "contributions": result.contributions,
@@ -145,7 +207,12 @@ def main() -> None:
           "client_cpu_s": round(client_cpu, 2),
           "server_cpu_s": None if server_before is None or server_after is None
           else round(server_after - server_before, 2),
-          "reference_s": None if reference is None else round(reference, 3), "target_rows_per_s": 100_000})
+          "reference_s": None if reference is None else round(reference, 3), "target_rows_per_s": 100_000,
+          "path": "reference" if args.reference else "columnar", "bulk": getattr(result, "bulk", None),
+          "rss_before_mb": round(rss_before),
+          "peak_rss_mb": round(peak_rss), "import_bytes_per_row": round((peak_rss - rss_before) * 2**20 / rows),
+          "other_pool_max_wait_s": round(max(probe.waits), 2) if probe and probe.waits else None,
+          "other_pool_postings": len(probe.waits) if probe else None})
 
 
 if __name__ == "__main__":

@@ -46,8 +46,9 @@ from core.domain.money import minor_units, parse_amount, parse_units
 from core.services import import_writer as iw
 from core.services.context import Actor
 from core.services.importer import (
-    HEADER, TYPES, ImportResult, Row, _book, _create_investors, _Holding, _investors, _position_rows, _Replay,
-    _update_pool, _history_floor,
+    FIELD_LIMIT, HEADER, SHOWN_ERRORS, TYPES, ImportOptions, ImportResult, Row, Source, _book, _create_investors,
+    _Holding, _investors, _position_rows, _Replay, _update_pool, _history_floor, recorded_rows, recorded_rows_text,
+    repeated_rows_text,
 )
 from core.services.users import EMAIL_RE
 
@@ -65,40 +66,71 @@ class _Decline(Exception):
     """The fast path does not take this file; the reference replay will."""
 
 
-def import_columns(session: Session, actor: Actor, pool: Pool, text: str, data: bytes,
-                   create_investors: bool) -> ImportResult | None:
-    """Import ``text`` if the fast path takes it, else return None having written nothing."""
+def import_columns(session: Session, actor: Actor, pool: Pool, source: Source,
+                   options: ImportOptions) -> ImportResult | None:
+    """Import the file if the fast path takes it, else return None having written nothing."""
     if pool.pricing_policy != "latest":
         return None
     try:
-        columns = _read(text, data)
+        columns = _read(source)
         rows = _check(columns, pool.currency)
+        del columns
+        count, named = _repeats(rows)
+        on_record, rows_on_record = _on_record(session, pool, rows)
+        if (count or on_record) and options.refuse_identical_rows:
+            raise _Decline()  # the reference words the errors
     except _Decline:
         return None
-    return _apply(session, actor, pool, rows, create_investors)
+    result = _apply(session, actor, pool, rows, options)
+    if result is not None and count:
+        result.warnings.append(repeated_rows_text(count, named))
+    if result is not None and on_record:
+        result.warnings.append(recorded_rows_text(on_record, rows_on_record, _history_floor(pool)))
+    return result
+
+
+def _on_record(session: Session, pool: Pool, rows: _Rows) -> tuple[int, list[int]]:
+    """importer.recorded_rows for the file's flows on the last date of the recorded history."""
+    floor = _history_floor(pool)
+    codes = [code for code, day in enumerate(rows.dates) if day == floor]
+    if not codes or pool.last_flow_date != floor:
+        return 0, []
+    candidates = []
+    for i in np.flatnonzero(np.isin(rows.date_code, codes) & (rows.kind <= WITHDRAWAL)).tolist():
+        amount = Decimal(int(rows.amount[i])).scaleb(-4) if rows.amount_state[i] == VALUE else None
+        units_state = rows.units_state[i]
+        units = ("all" if units_state == ALL else
+                 Decimal(int(rows.units[i])).scaleb(-6) if units_state == VALUE else None)
+        candidates.append(Row(i + 2, floor, TYPES[rows.kind[i]], rows.emails[rows.email_code[i]], amount, units,
+                              rows.notes[int(rows.note_code[i])].as_py()))
+    return recorded_rows(session, pool, candidates)
 
 
 # --- reading ---------------------------------------------------------------------------
 
-def _read(text: str, data: bytes) -> pa.Table:
-    """The data rows as six string columns, when row i of the table is row i + 2 of the file."""
-    if '"' in text or "\x00" in text:
+NAMES = ["date", "type", "investor", "amount", "units", "note"]
+
+
+def _read(source: Source) -> pa.Table:
+    """The data rows as six dictionary-encoded string columns (a file repeats its dates, types,
+    investors, amounts and notes: the table holds each text once and a number a row), when row i of
+    the table is row i + 2 of the file."""
+    if source.quote or source.nul:
         raise _Decline()  # quoting: records may span lines; leave csv semantics to the csv module
-    if "\r" in text and text.count("\r") != text.count("\r\n"):
+    if source.lone_cr:
         raise _Decline()
-    if text.startswith(("\n", "\r\n")) or "\n\n" in text or "\n\r\n" in text:
+    if source.blank_lines:
         raise _Decline()  # blank lines are skipped but still numbered
-    first = text.split("\n", 1)[0].rstrip("\r")
-    if [h.strip().lower() for h in first.split(",")] != HEADER:
+    if [h.strip().lower() for h in source.header.split(",")] != HEADER:
         raise _Decline()
-    names = ["date", "type", "investor", "amount", "units", "note"]
+    text = pa.dictionary(pa.int32(), pa.string())
     try:
         table = pacsv.read_csv(
-            pa.py_buffer(data),
-            read_options=pacsv.ReadOptions(skip_rows=1, column_names=names, block_size=1 << 24),
+            source.open(),
+            read_options=pacsv.ReadOptions(skip_rows=1, column_names=NAMES, block_size=1 << 24),
             parse_options=pacsv.ParseOptions(quote_char=False, double_quote=False, escape_char=False,
                                               newlines_in_values=False, ignore_empty_lines=False),
-            convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
+            convert_options=pacsv.ConvertOptions(column_types={n: text for n in NAMES},
                                                  strings_can_be_null=False, check_utf8=False))
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         raise _Decline() from None
@@ -108,8 +140,12 @@ def _read(text: str, data: bytes) -> pa.Table:
 
 
 def _encode(column: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
-    encoded = column.combine_chunks().dictionary_encode()
-    return encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64), encoded.dictionary.to_pylist()
+    """A dictionary column as one code a row into one list of distinct texts."""
+    column = column.unify_dictionaries()
+    if column.num_chunks == 0:
+        return np.empty(0, dtype=np.int64), []
+    codes = np.concatenate([chunk.indices.to_numpy(zero_copy_only=False) for chunk in column.chunks])
+    return codes.astype(np.int64), column.chunk(0).dictionary.to_pylist()
 
 
 class _Rows:
@@ -144,7 +180,8 @@ def _check(table: pa.Table, currency: str) -> _Rows:
     email_ok = np.array([bool(e) and bool(EMAIL_RE.match(e)) for e in rows.emails], dtype=bool)[email_codes]
     rows.email_code = email_codes
     # Amounts and units.
-    amount_codes, amount_state, amount_values = _amounts(table.column("amount"), currency)
+    amount_codes, amount_state, amount_values, rows.amount_texts = _amounts(table.column("amount"), currency)
+    rows.amount_code = amount_codes
     rows.amount = amount_values[amount_codes]
     a_state = amount_state[amount_codes]
     units_codes, raw_units = _encode(table.column("units"))
@@ -153,9 +190,10 @@ def _check(table: pa.Table, currency: str) -> _Rows:
     units_state = u_state[units_codes]
     # Notes: stripped, kept per distinct text.
     note_codes, raw_notes = _encode(table.column("note"))
+    if any(len(raw) > FIELD_LIMIT for raw in raw_notes):
+        raise _Decline()  # the reference reader refuses a field this long
     rows.note_code = note_codes
     rows.notes = pa.array([raw.strip() for raw in raw_notes], pa.string())
-    rows.raw_amount = table.column("amount")
 
     event = (kind == VALUATION) | (kind == DISTRIBUTION)
     flow = ~event
@@ -175,6 +213,7 @@ def _check(table: pa.Table, currency: str) -> _Rows:
     ok &= ~(withdrawal & has_units) | ((units_state == ALL) | (units_state == VALUE))
     if not ok.all():
         raise _Decline()
+    rows.amount_state, rows.units_state = a_state, units_state
     rows.flow = np.where(contribution, 0, np.where(withdrawal & has_amount, BY_AMOUNT, BY_UNITS)).astype(np.int8)
     rows.all_units = withdrawal & (units_state == ALL)
     if int(np.abs(rows.amount).sum(dtype=np.float64)) >= SAFE or int(rows.units.sum(dtype=np.float64)) >= SAFE:
@@ -182,12 +221,48 @@ def _check(table: pa.Table, currency: str) -> _Rows:
     return rows
 
 
-def _amounts(column: pa.ChunkedArray, currency: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _canonical(values: list, codes: np.ndarray) -> np.ndarray:
+    """Per row, one code per distinct value (distinct texts may read as the same value)."""
+    seen: dict = {}
+    return np.array([seen.setdefault(v, len(seen)) for v in values], dtype=np.int64)[codes]
+
+
+def _repeats(rows: _Rows) -> tuple[int, list[tuple[int, int]]]:
+    """importer.repeated_rows on columns: rows equal in every field, as read, to an earlier row.
+    The fields of a row are hashed to one number; rows that share one are compared field by field."""
+    if rows.n < 2:
+        return 0, []
+    # Day, type and the states of amount and units in one number; then investor, amount, units, note.
+    head = (_canonical([d.toordinal() for d in rows.dates], rows.date_code) << 8) | (
+        rows.kind.astype(np.int64) << 4 | rows.amount_state.astype(np.int64) << 2 | rows.units_state)
+    fields = [head, _canonical(rows.emails, rows.email_code), rows.amount, rows.units,
+              _canonical(rows.notes.to_pylist(), rows.note_code)]
+    digest = fields[0].astype(np.uint64)
+    for column in fields[1:]:
+        digest *= np.uint64(0x100000001B3)
+        digest ^= column.view(np.uint64)
+    ordered = np.sort(digest)
+    shared = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])  # digests of two rows or more
+    if not shared.size:
+        return 0, []
+    found = shared[np.minimum(np.searchsorted(shared, digest), len(shared) - 1)] == digest
+    first: dict[tuple, int] = {}
+    count, named = 0, []
+    for i in np.flatnonzero(found).tolist():  # those rows, in file order
+        key = tuple(int(column[i]) for column in fields)
+        earlier = first.setdefault(key, i)
+        if earlier != i:
+            count += 1
+            if len(named) < SHOWN_ERRORS:
+                named.append((i + 2, earlier + 2))
+    return count, named
+
+
+def _amounts(column: pa.ChunkedArray, currency: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """Per distinct text: state (EMPTY / VALUE / BAD) and the amount scaled by 10**4, as parse_amount reads it
     (zero allowed here; the row checks refuse it where the reference does)."""
-    encoded = column.combine_chunks().dictionary_encode()
-    codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    distinct = encoded.dictionary
+    codes, texts = _encode(column)
+    distinct = pa.array(texts, pa.string())
     places = minor_units(currency)
     state = np.full(len(distinct), BAD, dtype=np.int8)
     values = np.zeros(len(distinct), dtype=np.int64)
@@ -215,7 +290,7 @@ def _amounts(column: pa.ChunkedArray, currency: str) -> tuple[np.ndarray, np.nda
             state[i] = VALUE
         except PooldeskError:
             state[i] = BAD
-    return codes, state, values
+    return codes, state, values, texts
 
 
 def _units(raw_units: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -238,7 +313,7 @@ def _units(raw_units: list[str]) -> tuple[np.ndarray, np.ndarray]:
 
 # --- applying --------------------------------------------------------------------------
 
-def _apply(session: Session, actor: Actor, pool: Pool, rows: _Rows, create_investors: bool) -> ImportResult | None:
+def _apply(session: Session, actor: Actor, pool: Pool, rows: _Rows, options: ImportOptions) -> ImportResult | None:
     """importer._apply's checks on distinct values, then the segment replay, writing as it goes."""
     has_flows = bool((rows.kind != VALUATION).any())
     if pool.status != "open" and has_flows:
@@ -250,19 +325,20 @@ def _apply(session: Session, actor: Actor, pool: Pool, rows: _Rows, create_inves
     emails = {e for e in rows.emails if e}
     known, others = _investors(session, emails)
     missing = sorted(emails - set(known))
-    if missing and (not create_investors or any(e in others for e in missing)):
+    if missing and (not options.create_investors or any(e in others for e in missing)):
         return None
     savepoint = session.begin_nested()
     writer = None
     try:
-        created = _create_investors(session, actor, pool, missing, known) if create_investors else 0
+        created = _create_investors(session, actor, pool, missing, known) if options.create_investors else 0
         holdings, valuation_dates = _book(session, pool)
         replay = _SegmentReplay(pool, holdings, valuation_dates, datetime.now(timezone.utc), rows, known)
         if replay.boundaries * MIN_SEGMENT > rows.n and rows.n > 64 * MIN_SEGMENT:
             raise _Decline()
         writer = iw.PostingWriter(session, pool_id=pool.id, actor_id=actor.id, now=replay.now,
                                   valuations=int((rows.kind == VALUATION).sum()),
-                                  distributions=int((rows.kind == DISTRIBUTION).sum()), rows=int(rows.n))
+                                  distributions=int((rows.kind == DISTRIBUTION).sum()), rows=int(rows.n),
+                                  notify=options.notify)
         replay.run(writer)
         replay.settle_holdings()
         writer.finish(replay.valuations, replay.fees, replay.distributions, _position_rows(replay.holdings.values()))
@@ -278,6 +354,7 @@ def _apply(session: Session, actor: Actor, pool: Pool, rows: _Rows, create_inves
         raise
     savepoint.commit()
     result = replay.result
+    result.bulk = writer.bulk
     result.rows = rows.n
     result.investors_created = created
     return result
@@ -356,10 +433,10 @@ class _SegmentReplay(_Replay):
         self.units_outstanding = Decimal(self.uo).scaleb(-6)
         self.total_assets = Decimal(self.ta).scaleb(-4)
         if kind == VALUATION:
-            amount = parse_amount(rows.raw_amount[source].as_py().strip(), self.currency, allow_zero=True)
+            amount = parse_amount(rows.amount_texts[rows.amount_code[source]].strip(), self.currency, allow_zero=True)
             self.valuation(Row(int(rows.number[source]), day, "valuation", "", amount, None, note))
         elif kind == DISTRIBUTION:
-            amount = parse_amount(rows.raw_amount[source].as_py().strip(), self.currency)
+            amount = parse_amount(rows.amount_texts[rows.amount_code[source]].strip(), self.currency)
             held = np.flatnonzero(self.seq > 0)
             self._materialise(held)
             self.distribution(Row(int(rows.number[source]), day, "distribution", "", amount, None, note))

@@ -42,6 +42,10 @@ FIRST_BATCH_ROWS = 8192  # the first goes sooner, so that the server starts whil
 BULK_MIN_ROWS = 100_000  # a first load this large is written without foreign keys and indexes, then checked
 BULK_LOCK_TIMEOUT = "3s"
 ID_BLOCK = 65536  # ids a bulk load takes at a time when it needs more than it expected
+# How long a posting to any other pool waited behind a bulk load of a million rows (bench.importer --probe,
+# docs/import.md), on a quiet and on a busy 2-core machine: the locks are held from the start of the load
+# until the import commits.
+BULK_WAIT_DS_PER_MILLION = (54, 142)  # tenths of a second
 # What a bulk load takes off and puts back, each with the statement that recreates it exactly:
 # - the foreign keys of transactions, those that refer to it (payments, payouts), and those of
 #   positions (one row per investor, each check a query of its own);
@@ -78,6 +82,14 @@ _PG_DAYS = 10957  # 2000-01-01 - 1970-01-01, PostgreSQL's binary epoch for dates
 _SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8
 _TRAILER = b"\xff\xff"
 _NULL_CELL = pa.scalar(b"\xff\xff\xff\xff", pa.binary())
+
+
+def bulk_notice(rows: int) -> str:
+    low, high = (max(1, (rows * tenths + 5_000_000) // 10_000_000) for tenths in BULK_WAIT_DS_PER_MILLION)
+    quiet, busy = (f"{tenths // 10}.{tenths % 10}" for tenths in BULK_WAIT_DS_PER_MILLION)
+    return (f"Loading {rows:,} rows in bulk: until this import commits, postings, pages and sign-ins of every "
+            f"pool wait for it, about {low if low == high else f'{low} to {high}'} s (measured for a million rows: "
+            f"{quiet} s on a quiet 2-core machine, {busy} s on a busy one).")
 
 
 def day_number(day: date) -> int:
@@ -266,7 +278,7 @@ class PostingWriter:
     taken first, because transaction rows name their distribution."""
 
     def __init__(self, session: Session, *, pool_id: int, actor_id: int, now: datetime,
-                 valuations: int, distributions: int, rows: int = 0):
+                 valuations: int, distributions: int, rows: int = 0, notify=None):
         self.session = session
         self.connection = session.connection()
         self.postgres = self.connection.dialect.name == "postgresql"
@@ -291,6 +303,8 @@ class PostingWriter:
         if self.postgres and rows >= BULK_MIN_ROWS:
             self._enter_bulk(rows)
         self.bulk = bool(self._restore)
+        if self.bulk and notify is not None:
+            notify(bulk_notice(rows))
 
     # ids: PostgreSQL hands out sequence values (another writer may take some in between);
     # SQLite has one writer, so the next ids follow the largest.

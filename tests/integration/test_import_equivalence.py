@@ -67,7 +67,7 @@ def attempt(db, manager, code: str, text: str, create: bool = False):
     try:
         result = import_csv(db, actor=manager, pool_code=code, source=text, create_investors=create)
         return ("ok", result.rows, result.contributions, result.withdrawals, result.distributions,
-                result.valuations, result.pending, result.investors_created)
+                result.valuations, result.pending, tuple(result.warnings), result.investors_created)
     except ImportRejected as exc:
         return ("rejected", tuple(exc.errors))
 

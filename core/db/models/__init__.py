@@ -12,3 +12,4 @@ __all__ = [
     "AuditChain", "AuditEvent", "Notification", "NotificationPreference", "OutboxMessage",
 ]
 from core.db.models.jobs import Delivery, DistributionPayout, JobRun, Payment, SandboxCharge, WebhookDelivery, WebhookEndpoint  # noqa: E402,F401
+from core.db.models.imports import ImportFile  # noqa: E402,F401
