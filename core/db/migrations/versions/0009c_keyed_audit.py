@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0009c_keyed_audit"
-down_revision = "0008_journal_indexes"
+down_revision = "0009b_import_files"
 branch_labels = None
 depends_on = None
 

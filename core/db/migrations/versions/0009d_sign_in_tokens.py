@@ -23,7 +23,7 @@ from alembic import op
 import core.db.types
 
 revision = "0009d_sign_in_tokens"
-down_revision = "0008_journal_indexes"
+down_revision = "0009c_keyed_audit"
 branch_labels = None
 depends_on = None
 

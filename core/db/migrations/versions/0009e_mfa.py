@@ -18,7 +18,7 @@ from alembic import op
 import core.db.types
 
 revision = "0009e_mfa"
-down_revision = "0008_journal_indexes"
+down_revision = "0009d_sign_in_tokens"
 branch_labels = None
 depends_on = None
 

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0009f_authz"
-down_revision = "0008_journal_indexes"
+down_revision = "0009e_mfa"
 branch_labels = None
 depends_on = "0003_jobs"  # sandbox_charges is made there, on the jobs branch
 
