@@ -33,7 +33,7 @@ def test_a_markdown_name_is_shown_as_typed_and_links_nowhere(app_url, browser):
     settle(page)
     page.locator("[data-testid='stSidebarNav'] a", has_text="Account").first.click()
     settle(page)
-    expect(page.get_by_role("heading", name="Account")).to_be_visible()
+    expect(page.get_by_role("heading", name="Account", exact=True)).to_be_visible()
     shot(page, "markup-account")
     visible = page.inner_text("body").replace("\u2060", "")
     assert visible.count(NAME) >= 2  # the sidebar and the page, character for character
