@@ -44,12 +44,8 @@ def _date(value: str | None, name: str) -> date | None:
         raise click.BadParameter(f"{value!r} is not a date (YYYY-MM-DD)", param_hint=name) from None
 
 
-class _Group(OneLineGroup):
-    """Every command's failures as one clear line on stderr and exit code 1, never a traceback
-    (``app.cli_errors``); `--debug` or POOLDESK_DEBUG=1 shows the traceback."""
-
-
-@click.group(cls=_Group)
+# Every command's failures as one clear line on stderr and exit code 1 (app.cli_errors).
+@click.group(cls=OneLineGroup)
 @click.option("--as", "as_email", envvar="POOLDESK_CLI_AS", help="Act as this admin (default: the system user).")
 @click.option("--debug", is_flag=True, envvar="POOLDESK_DEBUG", help="Show the traceback of a failure.")
 @click.pass_context
